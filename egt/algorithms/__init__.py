@@ -1,0 +1,1 @@
+"""Core algorithms of EGT: entropy probing, curation, reward, advantages and losses."""
