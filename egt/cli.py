@@ -1,0 +1,143 @@
+"""``egt``: run a pipeline locally, validate run files, build the tiny model, render reports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from egt.spec import STAGES, EGTRun, SpecError, dump_run, load_run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if not args.local:
+        print(
+            "egt run needs --local (cluster runs go through kubectl apply and the operator)", file=sys.stderr
+        )
+        return 2
+    if args.start and args.stop and STAGES.index(args.start) > STAGES.index(args.stop):
+        print(f"egt run: --from {args.start} comes after --until {args.stop}", file=sys.stderr)
+        return 2
+    run = load_run(args.file)
+    from egt.runner import run_local, summary_table
+
+    try:
+        store, outcomes = run_local(
+            run,
+            args.workdir,
+            start=args.start,
+            stop=args.stop,
+            force=tuple(args.force),
+            progress=not args.quiet,
+        )
+    except Exception as error:
+        logging.getLogger("egt").debug("stage failed", exc_info=True)
+        print(
+            f"egt run: {error}\n(finished stages are kept; rerun to resume, -v for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    print()
+    print(summary_table(outcomes))
+    if not args.no_report and outcomes and outcomes[-1].stage == "evaluate":
+        from egt.report import write_report
+
+        report = write_report(store, run, args.workdir / run.name / "report")
+        print(f"\nreport: {report}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    run = load_run(args.file)
+    if args.resolved:
+        print(dump_run(run), end="")
+    else:
+        print(f"{args.file}: valid EGTRun {run.name!r}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(EGTRun.model_json_schema(), indent=2))
+    return 0
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from egt.models.tiny import build_tiny_model
+
+    print(build_tiny_model(args.out, seed=args.seed))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from egt.report import write_report
+    from egt.storage.store import open_store
+
+    run = load_run(args.file)
+    store = open_store(run.spec.store.uri, run.spec.store.endpoint_url)
+    print(write_report(store, run, args.workdir / run.name / "report"))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="egt", description="Entropy-Guided Training of reasoning reward models."
+    )
+    root.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    sub = root.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="Run a pipeline.")
+    run.add_argument("file", type=Path, help="EGTRun file (YAML).")
+    run.add_argument("--local", action="store_true", help="Run every stage in this process.")
+    run.add_argument("--from", dest="start", choices=STAGES, help="First stage to run.")
+    run.add_argument("--until", dest="stop", choices=STAGES, help="Last stage to run.")
+    run.add_argument(
+        "--force",
+        nargs="+",
+        default=[],
+        choices=[*STAGES, "all"],
+        metavar="STAGE",
+        help="Rerun these stages even if up to date ('all' for every stage).",
+    )
+    run.add_argument(
+        "--workdir", type=Path, default=Path(".cache/egt"), help="Local scratch (default .cache/egt)."
+    )
+    run.add_argument("--no-report", action="store_true", help="Skip the Markdown report.")
+    run.add_argument("-q", "--quiet", action="store_true", help="No progress bars.")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="Check a run file; --resolved prints it with every default.")
+    validate.add_argument("file", type=Path)
+    validate.add_argument("--resolved", action="store_true")
+    validate.set_defaults(func=cmd_validate)
+
+    schema = sub.add_parser("schema", help="Print the JSON schema of an EGTRun.")
+    schema.set_defaults(func=cmd_schema)
+
+    tiny = sub.add_parser("tiny-model", help="Build the tiny random-weight Qwen2.5-VL offline.")
+    tiny.add_argument("out", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_tiny_model)
+
+    report = sub.add_parser("report", help="Render the Markdown report of a finished run.")
+    report.add_argument("file", type=Path)
+    report.add_argument("--workdir", type=Path, default=Path(".cache/egt"))
+    report.set_defaults(func=cmd_report)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except SpecError as error:
+        print(error, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,402 @@
+"""The EGTRun spec: one pydantic model drives the CRD schema, the local runner and every stage job.
+
+A run file is a Kubernetes object (``apiVersion: egt.dev/v1alpha1``, ``kind: EGTRun``); the same
+YAML goes to ``kubectl apply`` and to ``egt run --local``. Every field has a description (it becomes
+``kubectl explain`` text) and a default that reproduces the EGT paper where the paper sets one
+(../shared/method.md). Secrets never appear here: fields name the environment variable or
+Kubernetes Secret that holds them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+API_VERSION = "egt.dev/v1alpha1"
+KIND = "EGTRun"
+STAGES = ("prepare", "annotate", "sft", "probe", "curate", "rl", "evaluate")
+StageName = Literal["prepare", "annotate", "sft", "probe", "curate", "rl", "evaluate"]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Section(BaseModel):
+    """Base for every spec section: unknown fields are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class StoreSpec(Section):
+    uri: str = Field(
+        "runs",
+        description="Artifact root: a local path, file:///abs/path or s3://bucket/prefix. "
+        "A run writes <uri>/<run>/<stage>/…",
+    )
+    endpoint_url: str | None = Field(
+        None,
+        description="S3-compatible endpoint (MinIO, SeaweedFS, Ceph). Credentials come only from the "
+        "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), filled from a Kubernetes Secret "
+        "on clusters.",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, uri: str) -> str:
+        if "://" in uri and not uri.startswith(("file://", "s3://")):
+            raise ValueError(f"store uri {uri!r} must start with file:// or s3://")
+        return uri
+
+
+class TinyModelSpec(Section):
+    seed: int = Field(0, description="Seed of the random weights.")
+    hidden_size: int = Field(64, ge=64, multiple_of=32, description="Text hidden size (heads of 32 dims).")
+    num_layers: PositiveInt = Field(2, description="Text decoder layers.")
+
+
+class ModelSpec(Section):
+    path: str | None = Field(
+        None,
+        description="Base judge model: a Hugging Face folder (local path or s3:// URI), "
+        "e.g. Qwen2.5-VL-7B-Instruct. Exactly one of path and tiny.",
+    )
+    tiny: TinyModelSpec | None = Field(
+        None, description="Build a tiny random-weight Qwen2.5-VL offline instead (tests and the demo)."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "bfloat16", description="Weights dtype for training and inference."
+    )
+    device: str = Field("auto", description="'auto' (cuda when present, else cpu), 'cpu' or 'cuda'.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.path is None) == (self.tiny is None):
+            raise ValueError("set exactly one of model.path and model.tiny")
+        return self
+
+
+class SyntheticDataSpec(Section):
+    seed: int = Field(0, description="Seed of images, responses, labels and noise positions.")
+    sft_size: PositiveInt = Field(400, description="Pairs in the SFT pool (annotated by the teacher).")
+    rl_size: PositiveInt = Field(300, description="Pairs in the RL pool (probed, curated, trained on).")
+    eval_size: PositiveInt = Field(200, description="Held-out clean pairs for evaluation.")
+    ambiguous_fraction: Fraction = Field(
+        0.15, description="Share of SFT and RL pairs whose image supports both responses (no right answer)."
+    )
+    flipped_fraction: Fraction = Field(0.10, description="Share of SFT and RL pairs whose label is swapped.")
+    image_size: int = Field(56, ge=28, description="Image side in pixels (56 → 4 image tokens).")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SyntheticDataSpec:
+        if self.ambiguous_fraction + self.flipped_fraction > 1:
+            raise ValueError("ambiguous_fraction + flipped_fraction must be at most 1")
+        return self
+
+
+class DataSpec(Section):
+    sft: str | None = Field(None, description="SFT pool (JSON Lines or Parquet URI); images relative to it.")
+    rl: str | None = Field(None, description="RL pool (JSON Lines or Parquet URI).")
+    eval: dict[str, str] = Field(
+        default_factory=dict, description="Evaluation sets by name (JSON Lines or Parquet URIs)."
+    )
+    synthetic: SyntheticDataSpec | None = Field(
+        None, description="Generate all three pools instead (tests and the demo)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        given = self.sft is not None or self.rl is not None or bool(self.eval)
+        if self.synthetic is not None and given:
+            raise ValueError("data.synthetic excludes data.sft, data.rl and data.eval")
+        if self.synthetic is None and (self.sft is None or self.rl is None):
+            raise ValueError("set data.sft and data.rl, or data.synthetic")
+        return self
+
+
+class ChatEndpointSpec(Section):
+    """An OpenAI-compatible chat endpoint (kind 'openai'); the key comes from an environment variable."""
+
+    kind: str
+    base_url: str | None = Field(None, description="Endpoint root, e.g. https://api.openai.com/v1.")
+    model: str | None = Field(None, description="Model name at the endpoint.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    timeout_seconds: float = Field(120.0, gt=0, description="Per-request timeout.")
+    max_concurrency: PositiveInt = Field(16, description="Requests in flight at once.")
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> ChatEndpointSpec:
+        if self.kind == "openai" and (not self.base_url or not self.model):
+            raise ValueError(f"kind 'openai' needs base_url and model ({type(self).__name__})")
+        return self
+
+
+class TeacherSpec(ChatEndpointSpec):
+    """The teacher of stage 1 (the paper: Gemini 2.5 Pro; R1-Reward: GPT-4o at temperature 0)."""
+
+    kind: Literal["openai", "scripted"] = Field(
+        "openai",
+        description="'openai': any OpenAI-compatible chat endpoint; 'scripted': an offline teacher that "
+        "reads synthetic images (demo only).",
+    )
+    temperature: float = Field(0.0, ge=0.0, description="Sampling temperature (R1-Reward: 0).")
+    max_tokens: PositiveInt = Field(2048, description="Maximum tokens per teacher answer.")
+    max_retries: int = Field(
+        5, ge=0, description="Retries on 429, 5xx and timeouts, with exponential backoff."
+    )
+    error_rate: Fraction = Field(0.1, description="Scripted teacher only: probability of a wrong judgement.")
+    seed: int = Field(0, description="Scripted teacher only: seed of its errors.")
+    style: Literal["detailed", "brief"] = Field(
+        "detailed",
+        description="Scripted teacher only: 'brief' writes ~30-token reasoning a tiny model can learn.",
+    )
+
+
+class AnnotateSpec(Section):
+    teacher: TeacherSpec = Field(
+        default_factory=lambda: TeacherSpec(kind="scripted"),
+        description="The model that writes trajectories.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=3, description="Attempts per pair; the first agreeing with the label is kept."
+    )
+    shard_size: PositiveInt = Field(256, description="Pairs per resumable shard.")
+
+
+class SFTSpec(Section):
+    epochs: float = Field(1.0, gt=0, description="Passes over the trajectories (paper: 1).")
+    global_batch_size: PositiveInt = Field(
+        256, description="Sequences per optimizer step, all ranks (paper: 256)."
+    )
+    micro_batch_size: PositiveInt = Field(1, description="Sequences per forward pass per rank.")
+    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (paper: 1e-5).")
+    warmup_ratio: Fraction = Field(0.03, description="Share of steps with linear warmup; cosine decay after.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip per optimizer step.")
+    max_length: PositiveInt = Field(
+        4096, description="Sequences longer than this (prompt + answer) are dropped."
+    )
+    seed: int = Field(0, description="Seed of the data order and dropout.")
+    checkpoint_every_steps: PositiveInt = Field(
+        50, description="Optimizer steps between resumable checkpoints."
+    )
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in backward to save memory."
+    )
+
+
+class ProbeSpec(Section):
+    engine: Literal["hf", "vllm"] = Field("hf", description="Generation engine.")
+    max_new_tokens: PositiveInt = Field(1024, description="Generation budget per sample.")
+    batch_size: PositiveInt = Field(16, description="Samples generated together.")
+    entropy_chunk_size: PositiveInt = Field(
+        256, description="Positions whose full-vocabulary logits are materialized at once."
+    )
+    shard_size: PositiveInt = Field(256, description="Samples per resumable shard.")
+    num_shards: PositiveInt = Field(
+        1, description="Nodes the pool is partitioned over (Indexed Job completions)."
+    )
+
+
+class CurateSpec(Section):
+    strategy: Literal["entropy", "random", "accuracy", "bucket"] = Field(
+        "entropy",
+        description="entropy: lowest entropies (EGT); random: seeded sample; accuracy: correctly probed "
+        "first (supervised baseline); bucket: low / mid / high entropy bucket.",
+    )
+    metric: Literal["answer", "sentence", "mix"] = Field(
+        "answer",
+        description="answer-token entropy (eq. 3), reasoning-sentence entropy (eq. 4) or their product.",
+    )
+    keep: PositiveInt | None = Field(
+        2500, description="Samples kept (paper: 2,500 of 17k). Excludes percentile."
+    )
+    percentile: float | None = Field(
+        None, gt=0, le=100, description="Keep entropies below this percentile instead of a count."
+    )
+    bucket: Literal["low", "mid", "high"] = Field("low", description="Bucket for strategy 'bucket'.")
+    seed: int = Field(0, description="Seed for strategy 'random'.")
+
+    @model_validator(mode="after")
+    def _one_size(self) -> CurateSpec:
+        if (self.keep is None) == (self.percentile is None):
+            raise ValueError(
+                "set exactly one of curate.keep and curate.percentile (set keep: null to use percentile)"
+            )
+        return self
+
+
+class RefereeSpec(ChatEndpointSpec):
+    """Judges whether the reasoning supports the answer (R_logic; R1-Reward: Qwen2.5-VL-7B-Instruct)."""
+
+    kind: Literal["rules", "openai"] = Field(
+        "rules",
+        description="'rules': the last 'Response N is better' sentence of the reasoning must name the "
+        "answer; 'openai': a model behind an OpenAI-compatible endpoint.",
+    )
+    timeout_seconds: float = Field(60.0, gt=0, description="Per-request timeout.")
+
+
+class RLSpec(Section):
+    epochs: PositiveInt = Field(
+        20, description="Passes over the curated set, each in ascending entropy (paper: 20)."
+    )
+    global_batch_size: PositiveInt = Field(224, description="Prompts per update (paper: 224).")
+    micro_batch_size: PositiveInt = Field(4, description="Sequences per learner forward pass.")
+    learning_rate: float = Field(1e-6, gt=0, description="Learning rate (paper: 1e-6).")
+    rollouts_per_prompt: PositiveInt = Field(1, description="Samples per prompt.")
+    max_new_tokens: PositiveInt = Field(1024, description="Rollout length budget.")
+    temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature.")
+    alpha: float = Field(0.5, description="Weight of R_logic in R = R_acc(1 + α R_logic) + β R_format.")
+    beta: float = Field(0.5, description="Weight of R_format.")
+    kl_coef: float = Field(0.0, ge=0, description="β_KL of the per-token KL penalty (R1-Reward paper: 0).")
+    clip_epsilon: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip ε.")
+    ratio_min: float = Field(1e-3, gt=0, description="Pre-clip: lower bound of π/π_old before exp.")
+    ratio_max: float = Field(1e3, gt=1, description="Pre-clip: upper bound of π/π_old before exp.")
+    advantage_sigma: float = Field(3.0, gt=0, description="Advantage filter: keep standardized |A| ≤ this.")
+    updates_per_batch: PositiveInt = Field(
+        1,
+        description="Optimizer steps per rollout batch, over equal mini-batches. Above 1 the later steps "
+        "are off-policy, which is where pre-clip and the ε-clip act.",
+    )
+    rollout_workers: PositiveInt = Field(1, description="Ray rollout actors.")
+    referee: RefereeSpec = Field(default_factory=RefereeSpec, description="Who scores R_logic.")
+    max_steps: PositiveInt | None = Field(None, description="Stop after this many updates (smoke runs).")
+    checkpoint_every_steps: PositiveInt = Field(20, description="Updates between resumable checkpoints.")
+    seed: int = Field(0, description="Seed of rollout sampling.")
+
+    @property
+    def log_ratio_bounds(self) -> tuple[float, float]:
+        return math.log(self.ratio_min), math.log(self.ratio_max)
+
+
+class EvaluateSpec(Section):
+    models: list[Literal["sft", "rl"]] = Field(
+        default_factory=lambda: ["sft", "rl"], description="Checkpoints to evaluate, side by side."
+    )
+    both_orders: bool = Field(True, description="Score every pair in both response orders (position bias).")
+    max_new_tokens: PositiveInt = Field(1024, description="Generation budget per answer.")
+    batch_size: PositiveInt = Field(16, description="Pairs generated together.")
+    voting_k: PositiveInt = Field(
+        1, description="Voting@K: K samples per pair, majority answer (1 = greedy)."
+    )
+    voting_temperature: float = Field(1.0, gt=0, description="Sampling temperature when voting_k > 1.")
+
+
+class StageResources(Section):
+    nodes: PositiveInt = Field(1, description="Pods (nodes) the stage spans.")
+    gpus_per_node: int = Field(0, ge=0, description="nvidia.com/gpu per pod.")
+    cpu: str = Field("2", description="CPU request per pod.")
+    memory: str = Field("8Gi", description="Memory request per pod.")
+
+
+class ClusterSpec(Section):
+    image: str = Field("ghcr.io/egt-dev/egt-trainer:0.1.0", description="Trainer image of every stage pod.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of GPU pods.")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations of GPU pods.")
+    s3_secret: str | None = Field(None, description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.")
+    teacher_secret: str | None = Field(
+        None, description="Secret holding the teacher's and referee's API keys."
+    )
+    resources: dict[StageName, StageResources] = Field(
+        default_factory=dict, description="Per-stage pod resources; stages not listed get the defaults."
+    )
+
+
+class MetricsSpec(Section):
+    pushgateway: str | None = Field(None, description="Pushgateway address (host:port); unset = no push.")
+
+
+class EGTRunSpec(Section):
+    store: StoreSpec = Field(default_factory=StoreSpec, description="Where artifacts go.")
+    model: ModelSpec = Field(description="The base judge model.")
+    data: DataSpec = Field(description="SFT pool, RL pool and evaluation sets.")
+    annotate: AnnotateSpec = Field(default_factory=AnnotateSpec, description="Stage 1: teacher trajectories.")
+    sft: SFTSpec = Field(default_factory=SFTSpec, description="Stage 2: supervised fine-tuning.")
+    probe: ProbeSpec = Field(default_factory=ProbeSpec, description="Stage 3: entropy probing.")
+    curate: CurateSpec = Field(default_factory=CurateSpec, description="Stage 4: entropy-guided curation.")
+    rl: RLSpec = Field(
+        default_factory=RLSpec, description="Stage 5: StableReinforce with an entropy curriculum."
+    )
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec, description="Stage 6: evaluation.")
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Prometheus metrics.")
+    cluster: ClusterSpec = Field(
+        default_factory=ClusterSpec, description="Pods, images and Secrets on a cluster."
+    )
+
+    @model_validator(mode="after")
+    def _annotate_needs_a_teacher_for_real_data(self) -> EGTRunSpec:
+        if self.annotate.teacher.kind == "scripted" and self.data.synthetic is None:
+            raise ValueError("annotate.teacher.kind 'scripted' only reads synthetic images; use 'openai'")
+        return self
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class Metadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(description="Run name: a DNS label; artifacts go to <store>/<name>/.")
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, name: str) -> str:
+        if not _DNS_LABEL.match(name):
+            raise ValueError(f"run name {name!r} must be a DNS label: lowercase letters, digits and '-'")
+        return name
+
+
+class EGTRun(Section):
+    apiVersion: Literal["egt.dev/v1alpha1"] = Field(API_VERSION, description="egt.dev/v1alpha1.")
+    kind: Literal["EGTRun"] = Field(KIND, description="EGTRun.")
+    metadata: Metadata = Field(description="Kubernetes object metadata; name names the run.")
+    spec: EGTRunSpec = Field(description="What to train and how.")
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+class SpecError(ValueError):
+    """A run file that does not validate; the message names every bad field and what it allows."""
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: {error.error_count()} invalid field(s)"]
+    for item in error.errors():
+        loc = ".".join(str(part) for part in item["loc"]) or "(root)"
+        shown = item["type"] != "missing" and not isinstance(item["input"], dict | list)
+        got = f" (got {item['input']!r})" if shown else ""
+        lines.append(f"  {loc}: {item['msg']}{got}")
+    return "\n".join(lines)
+
+
+def parse_run(document: Any, source: str = "<run>") -> EGTRun:
+    """Validate a run given as a parsed YAML/JSON document."""
+    if not isinstance(document, dict):
+        raise SpecError(f"{source}: expected a mapping with apiVersion, kind, metadata and spec")
+    try:
+        return EGTRun.model_validate(document)
+    except ValidationError as error:
+        raise SpecError(format_validation_error(error, source)) from None
+
+
+def load_run(path: str | Path) -> EGTRun:
+    """Read and validate a run file (YAML)."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML: {error}") from None
+    return parse_run(document, str(path))
+
+
+def dump_run(run: EGTRun) -> str:
+    """The run as YAML with every default filled in (what a stage job reads)."""
+    return yaml.safe_dump(run.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,77 @@
+"""Stage 1, annotate: teacher trajectories for the SFT pool (method.md, "Stage 1").
+
+Work goes in resumable shards; a killed job restarts at the first unfinished shard.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from egt.spec import EGTRunSpec, TeacherSpec
+from egt.stages.base import StageContext, StageResult
+from egt.stages.data import ImageLoader, load_pool
+from egt.stages.progress import sharded
+from egt.storage.records import write_records
+from egt.teachers import Teacher
+from egt.teachers.annotation import annotate
+
+
+def make_teacher(spec: TeacherSpec) -> Teacher:
+    if spec.kind == "scripted":
+        from egt.teachers.scripted import ScriptedTeacher
+
+        return ScriptedTeacher(error_rate=spec.error_rate, seed=spec.seed, style=spec.style)
+    from egt.teachers.openai_compat import OpenAICompatTeacher
+
+    return OpenAICompatTeacher(
+        base_url=spec.base_url,
+        model=spec.model,
+        api_key_env=spec.api_key_env,
+        temperature=spec.temperature,
+        max_tokens=spec.max_tokens,
+        timeout_s=spec.timeout_seconds,
+        max_retries=spec.max_retries,
+        max_concurrency=spec.max_concurrency,
+    )
+
+
+def fingerprint(spec: EGTRunSpec) -> dict:
+    return spec.annotate.model_dump(mode="json")
+
+
+def run(ctx: StageContext) -> StageResult:
+    spec = ctx.spec.annotate
+    records = load_pool(ctx, "sft")
+    teacher = make_teacher(spec.teacher)
+    images = ImageLoader(ctx.spec.store.endpoint_url)
+    out = sharded(
+        ctx,
+        records,
+        spec.shard_size,
+        lambda shard: annotate(shard, teacher, images, spec.max_attempts),
+        "pair",
+    )
+    write_records(ctx.store, ctx.key("annotated.jsonl"), out)
+    kept = [r for r in out if r["annotated"]]
+    attempts = Counter(r["attempts"] for r in kept)
+    errors = sum(1 for r in out if r.get("teacher_error"))
+    ctx.metrics.set("annotate_pairs_total", len(out), "Pairs put to the teacher")
+    ctx.metrics.set("annotate_kept_total", len(kept), "Pairs with a trajectory agreeing with the label")
+    ctx.metrics.set("annotate_teacher_errors_total", errors, "Pairs whose teacher requests failed for good")
+    for n, count in attempts.items():
+        ctx.metrics.set("annotate_attempts_needed", count, "Kept pairs by attempts needed", attempts=str(n))
+    kinds = Counter(r.get("truth_kind", "unknown") for r in out)
+    kept_kinds = Counter(r.get("truth_kind", "unknown") for r in kept)
+    return StageResult(
+        outputs={"annotated": "annotated.jsonl"},
+        counts={
+            "pairs": len(out),
+            "kept": len(kept),
+            "discarded": len(out) - len(kept),
+            "teacher_errors": errors,
+        },
+        metrics={
+            "attempts_needed": {str(k): v for k, v in sorted(attempts.items())},
+            "kept_share_by_truth_kind": {k: kept_kinds[k] / n for k, n in kinds.items()},
+        },
+    )

@@ -1,0 +1,167 @@
+"""What every stage shares: its context, its contract with the store, and the skip/resume rules.
+
+A stage is a plain function ``run(ctx) -> StageResult`` plus the spec sections and upstream stages
+it depends on. ``execute_stage`` wraps it the same way for the local runner and for a container job:
+
+1. the stage's identity is (hash of its config, digests of its upstream manifests);
+2. if ``<run>/<stage>/manifest.json`` already has that identity, the stage is skipped;
+3. if an earlier attempt with the same identity was interrupted, its finished shards and
+   checkpoints are kept and the stage resumes; with another identity they are cleared first;
+4. the stage writes its outputs, then the manifest last, then pushes its metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from egt import __version__
+from egt.metrics import StageMetrics
+from egt.spec import EGTRun, EGTRunSpec
+from egt.storage.manifest import (
+    Manifest,
+    config_hash,
+    is_up_to_date,
+    manifest_digest,
+    read_manifest,
+    write_manifest,
+)
+from egt.storage.store import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+ATTEMPT_FILE = "attempt.json"
+
+
+@dataclass
+class StageResult:
+    """What a stage reports: output keys (relative to the stage), counts and summary metrics."""
+
+    outputs: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageContext:
+    run: EGTRun
+    store: ArtifactStore
+    stage: str
+    metrics: StageMetrics
+    workdir: Path
+    progress: bool = True
+
+    @property
+    def spec(self) -> EGTRunSpec:
+        return self.run.spec
+
+    @property
+    def run_name(self) -> str:
+        return self.run.name
+
+    def key(self, *parts: str, stage: str | None = None) -> str:
+        """Store key ``<run>/<stage>/<parts…>`` (another stage's when ``stage`` is given)."""
+        return "/".join([self.run_name, stage or self.stage, *parts])
+
+    def upstream(self, stage: str) -> Manifest:
+        manifest = read_manifest(self.store, self.run_name, stage)
+        if manifest is None:
+            raise MissingUpstreamError(self.stage, stage, self.store.uri_for(self.key(stage=stage)))
+        return manifest
+
+    def upstream_output(self, stage: str, name: str) -> str:
+        """The store key of output ``name`` of an upstream stage."""
+        manifest = self.upstream(stage)
+        if name not in manifest.outputs:
+            raise KeyError(f"stage {stage} has no output {name!r}; it has {sorted(manifest.outputs)}")
+        return self.key(manifest.outputs[name], stage=stage)
+
+
+class MissingUpstreamError(RuntimeError):
+    def __init__(self, stage: str, upstream: str, where: str) -> None:
+        super().__init__(
+            f"stage {stage} needs the output of stage {upstream}, but {where} has no manifest; "
+            f"run {upstream} first"
+        )
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    inputs: tuple[str, ...]
+    # Everything besides the upstream manifests that determines the stage's output: spec sections,
+    # and for the prepare stage the digests of external datasets.
+    fingerprint: Callable[[EGTRunSpec], Any]
+    run: Callable[[StageContext], StageResult]
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    state: str  # "succeeded" | "skipped"
+    manifest: Manifest
+    seconds: float
+
+
+def stage_identity(stage: Stage, run: EGTRun, store: ArtifactStore) -> tuple[str, dict[str, str]]:
+    """(config hash, upstream manifest digests): equal identities produce equal outputs."""
+    inputs = {}
+    for upstream in stage.inputs:
+        if read_manifest(store, run.name, upstream) is None:
+            raise MissingUpstreamError(stage.name, upstream, store.uri_for(f"{run.name}/{upstream}"))
+        inputs[upstream] = manifest_digest(store, run.name, upstream)
+    return config_hash(stage.fingerprint(run.spec)), inputs
+
+
+def execute_stage(
+    stage: Stage,
+    run: EGTRun,
+    store: ArtifactStore,
+    workdir: Path,
+    force: bool = False,
+    progress: bool = True,
+) -> StageOutcome:
+    """Run one stage with the skip / resume / manifest-last contract (module docstring)."""
+    started = time.monotonic()
+    chash, inputs = stage_identity(stage, run, store)
+    if not force and is_up_to_date(store, run.name, stage.name, chash, inputs):
+        log.info("%s: up to date, skipped", stage.name)
+        return StageOutcome(stage.name, "skipped", read_manifest(store, run.name, stage.name), 0.0)
+
+    attempt_key = f"{run.name}/{stage.name}/{ATTEMPT_FILE}"
+    identity = {"config_hash": chash, "inputs": inputs}
+    previous = store.read_json(attempt_key) if store.exists(attempt_key) else None
+    if force or previous != identity:
+        # Shards and checkpoints of another config or other inputs must not leak into this attempt.
+        store.delete_prefix(f"{run.name}/{stage.name}/")
+        store.write_json(attempt_key, identity)
+    elif previous == identity:
+        log.info("%s: resuming an interrupted attempt", stage.name)
+
+    metrics = StageMetrics(run.name, stage.name, run.spec.metrics.pushgateway)
+    workdir = workdir / run.name / stage.name
+    workdir.mkdir(parents=True, exist_ok=True)
+    ctx = StageContext(run, store, stage.name, metrics, workdir, progress)
+    started_at = datetime.now(UTC).isoformat()
+    result = stage.run(ctx)
+    seconds = time.monotonic() - started
+    metrics.set("stage_duration_seconds", seconds, "Wall time of the stage's last run")
+    manifest = Manifest(
+        stage=stage.name,
+        config_hash=chash,
+        inputs=inputs,
+        outputs=result.outputs,
+        counts=result.counts,
+        metrics=result.metrics,
+        started_at=started_at,
+        finished_at=datetime.now(UTC).isoformat(),
+        egt_version=__version__,
+    )
+    write_manifest(store, run.name, stage.name, manifest)
+    metrics.push()
+    return StageOutcome(stage.name, "succeeded", manifest, seconds)

@@ -1,0 +1,104 @@
+"""Stage 0, prepare: make the run's inputs addressable and fingerprinted.
+
+It builds the tiny model or synthetic pools when the spec asks for them, and otherwise validates the
+external datasets and digests them, so a changed dataset re-runs every stage that depends on it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from egt.spec import EGTRunSpec
+from egt.stages.base import StageContext, StageResult
+from egt.stages.data import split_uri, validate_records
+from egt.storage.manifest import digest_bytes
+from egt.storage.records import read_records, write_records
+from egt.storage.store import open_store
+
+SYNTHETIC_POOLS = ("sft", "rl", "eval")
+
+
+def external_digest(uri: str, endpoint_url: str | None) -> str:
+    store, key = split_uri(uri, endpoint_url)
+    return digest_bytes(store.read_bytes(key))
+
+
+def model_digest(path: str, endpoint_url: str | None) -> str:
+    """Config plus file names: cheap to compute for a 15 GB checkpoint, changes when it is replaced."""
+    store = open_store(path, endpoint_url)
+    files = store.list("")
+    listing = "\n".join(files).encode()
+    config = store.read_bytes("config.json") if "config.json" in files else b""
+    return digest_bytes(listing + config)
+
+
+def fingerprint(spec: EGTRunSpec) -> dict[str, Any]:
+    endpoint = spec.store.endpoint_url
+    external: dict[str, str] = {}
+    if spec.model.path is not None:
+        external["model"] = model_digest(spec.model.path, endpoint)
+    if spec.data.synthetic is None:
+        pools = {
+            "sft": spec.data.sft,
+            "rl": spec.data.rl,
+            **{f"eval/{k}": v for k, v in spec.data.eval.items()},
+        }
+        external.update({name: external_digest(uri, endpoint) for name, uri in pools.items()})
+    return {
+        "model": spec.model.model_dump(mode="json"),
+        "data": spec.data.model_dump(mode="json"),
+        "external": external,
+    }
+
+
+def build_synthetic(ctx: StageContext) -> tuple[dict[str, str], dict[str, int], dict[str, Any]]:
+    from egt.data.synthetic import generate_split
+
+    synthetic = ctx.spec.data.synthetic
+    local = ctx.workdir / "data"
+    outputs, counts, metrics = {}, {}, {}
+    sizes = {"sft": synthetic.sft_size, "rl": synthetic.rl_size, "eval": synthetic.eval_size}
+    for pool in SYNTHETIC_POOLS:
+        noisy = pool != "eval"  # evaluation pairs are clean: a benchmark's labels are its ground truth
+        records = generate_split(
+            local,
+            pool,
+            sizes[pool],
+            synthetic.seed,
+            ambiguous_fraction=synthetic.ambiguous_fraction if noisy else 0.0,
+            flipped_fraction=synthetic.flipped_fraction if noisy else 0.0,
+            image_size=synthetic.image_size,
+        )
+        write_records(open_store(str(local)), f"{pool}.jsonl", records)
+        outputs[pool] = f"data/{pool}.jsonl"
+        counts[f"{pool}_pairs"] = len(records)
+        kinds = Counter(r["truth_kind"] for r in records)
+        metrics[f"{pool}_truth_kinds"] = dict(kinds)
+    ctx.store.upload_dir(local, ctx.key("data"))
+    return outputs, counts, metrics
+
+
+def run(ctx: StageContext) -> StageResult:
+    result = StageResult()
+    if ctx.spec.model.tiny is not None:
+        from egt.models.tiny import build_tiny_model
+
+        tiny = ctx.spec.model.tiny
+        local = build_tiny_model(Path(ctx.workdir) / "model", tiny.seed, tiny.hidden_size, tiny.num_layers)
+        ctx.store.upload_dir(local, ctx.key("model"))
+        result.outputs["model"] = "model"
+    if ctx.spec.data.synthetic is not None:
+        outputs, counts, metrics = build_synthetic(ctx)
+        result.outputs.update(outputs)
+        result.counts.update(counts)
+        result.metrics.update(metrics)
+    else:
+        data = ctx.spec.data
+        for name, uri in {"sft": data.sft, "rl": data.rl, **data.eval}.items():
+            store, key = split_uri(uri, ctx.spec.store.endpoint_url)
+            records = read_records(store, key)
+            validate_records(records, uri)
+            result.counts[f"{name}_pairs"] = len(records)
+    return result

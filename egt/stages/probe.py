@@ -1,0 +1,99 @@
+"""Stage 3, probe: the SFT model answers the RL pool; per-sample entropies (method.md stage 3)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from egt.engines.hf import HFJudge
+from egt.engines.probe import finite, probe_records
+from egt.metrics import ENTROPY_BUCKETS
+from egt.spec import EGTRunSpec
+from egt.stages.base import StageContext, StageResult
+from egt.stages.data import ImageLoader, load_pool, model_dir
+from egt.stages.progress import sharded
+from egt.stages.sft import judge_input
+from egt.storage.records import write_records
+
+ACCURACY_BINS = 5
+
+
+def fingerprint(spec: EGTRunSpec) -> dict:
+    probe = spec.probe.model_dump(mode="json", exclude={"num_shards", "shard_size", "batch_size"})
+    return {"probe": probe, "dtype": spec.model.dtype}
+
+
+def accuracy_by_entropy_bin(records: list[dict], bins: int = ACCURACY_BINS) -> list[dict]:
+    """Accuracy per answer-entropy quantile bin (the EGT paper's Figure 2).
+
+    Samples without a parseable answer (infinite entropy) form a last bin with low/high None.
+    """
+    answered = sorted(
+        (r for r in records if math.isfinite(r["answer_entropy"])), key=lambda r: r["answer_entropy"]
+    )
+    rows = []
+    for chunk in np.array_split(np.arange(len(answered)), min(bins, len(answered))) if answered else []:
+        group = [answered[i] for i in chunk]
+        rows.append(
+            {
+                "low": group[0]["answer_entropy"],
+                "high": group[-1]["answer_entropy"],
+                "count": len(group),
+                "accuracy": sum(r["probe_correct"] for r in group) / len(group),
+            }
+        )
+    unanswered = [r for r in records if not math.isfinite(r["answer_entropy"])]
+    if unanswered:
+        rows.append({"low": None, "high": None, "count": len(unanswered), "accuracy": 0.0})
+    return rows
+
+
+def run(ctx: StageContext) -> StageResult:
+    spec = ctx.spec.probe
+    if spec.engine != "hf":
+        raise NotImplementedError("probe.engine 'vllm' is not available yet; use 'hf'")
+    records = load_pool(ctx, "rl")
+    judge = HFJudge.from_dir(model_dir(ctx, "sft"), ctx.spec.model.dtype, ctx.spec.model.device)
+    images = ImageLoader(ctx.spec.store.endpoint_url)
+    out = sharded(
+        ctx,
+        records,
+        spec.shard_size,
+        lambda shard: probe_records(
+            judge,
+            shard,
+            lambda r: judge_input(r, images),
+            spec.batch_size,
+            spec.max_new_tokens,
+            spec.entropy_chunk_size,
+        ),
+        "sample",
+    )
+    write_records(ctx.store, ctx.key("probed.jsonl"), out)
+    answer = [r["answer_entropy"] for r in out]
+    bins = accuracy_by_entropy_bin(out)
+    ctx.metrics.observe("probe_answer_entropy_nats", answer, ENTROPY_BUCKETS, "Answer-token entropy (eq. 3)")
+    ctx.metrics.observe(
+        "probe_sentence_entropy_nats",
+        [r["sentence_entropy"] for r in out],
+        ENTROPY_BUCKETS,
+        "Reasoning-sentence entropy (eq. 4)",
+    )
+    for index, row in enumerate(bins):
+        ctx.metrics.set(
+            "probe_bin_accuracy_ratio", row["accuracy"], "Accuracy per answer-entropy bin", bin=str(index)
+        )
+    accuracy = sum(r["probe_correct"] for r in out) / len(out)
+    ctx.metrics.set("probe_accuracy_ratio", accuracy, "Share of probed samples answered right")
+    answered = finite(answer)
+    return StageResult(
+        outputs={"probed": "probed.jsonl"},
+        counts={"samples": len(out), "unanswered": len(out) - len(answered)},
+        metrics={
+            "accuracy": accuracy,
+            "well_formed": sum(r["probe_well_formed"] for r in out) / len(out),
+            "answer_entropy_median": float(np.median(answered)) if answered else None,
+            "accuracy_by_entropy_bin": bins,
+        },
+    )

@@ -1,0 +1,2 @@
+from tests.fixtures.prometheus import *  # noqa: F403
+from tests.fixtures.s3 import *  # noqa: F403

@@ -1,0 +1,51 @@
+"""A whole run at the smallest size that still exercises every stage."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from egt.spec import EGTRun, parse_run
+
+SMALL_RUN = {
+    "apiVersion": "egt.dev/v1alpha1",
+    "kind": "EGTRun",
+    "metadata": {"name": "small"},
+    "spec": {
+        "model": {"tiny": {"seed": 0}, "dtype": "float32", "device": "cpu"},
+        "data": {"synthetic": {"seed": 1, "sft_size": 16, "rl_size": 12, "eval_size": 6}},
+        "annotate": {"teacher": {"kind": "scripted", "style": "brief"}, "shard_size": 8},
+        "sft": {
+            "epochs": 1,
+            "global_batch_size": 8,
+            "micro_batch_size": 4,
+            "learning_rate": 1e-3,
+            "checkpoint_every_steps": 1,
+        },
+        "probe": {"max_new_tokens": 12, "batch_size": 4, "shard_size": 4},
+        "curate": {"keep": 6},
+        "rl": {
+            "epochs": 1,
+            "global_batch_size": 3,
+            "micro_batch_size": 3,
+            "learning_rate": 1e-4,
+            "max_new_tokens": 12,
+            "max_steps": 2,
+            "updates_per_batch": 2,
+            "checkpoint_every_steps": 1,
+        },
+        "evaluate": {"models": ["sft", "rl"], "max_new_tokens": 12, "batch_size": 6},
+    },
+}
+
+
+@pytest.fixture
+def small_run_doc() -> dict:
+    return copy.deepcopy(SMALL_RUN)
+
+
+def make_run(doc: dict, store_uri: str, endpoint_url: str | None = None) -> EGTRun:
+    doc = copy.deepcopy(doc)
+    doc["spec"]["store"] = {"uri": store_uri, "endpoint_url": endpoint_url}
+    return parse_run(doc, "test")
