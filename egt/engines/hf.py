@@ -60,7 +60,7 @@ class HFJudge:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.device = device
-        self.end_ids = {self.tokenizer.convert_tokens_to_ids("<|im_end|>"), self.tokenizer.eos_token_id}
+        self.end_ids = {self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
         self.pad_id = self.tokenizer.pad_token_id
 
     @classmethod
@@ -80,8 +80,11 @@ class HFJudge:
         texts = [self.prompt_text(item) for item in items]
         images = [item.images for item in items]
         kwargs = {"images": images} if any(images) else {}
-        batch = self.processor(text=texts, return_tensors="pt", padding=True, **kwargs)
-        batch.pop("mm_token_type_ids", None)
+        # With images, the batch carries mm_token_type_ids: Qwen2.5-VL needs them to give image tokens
+        # their 3-D M-RoPE positions (without them every token gets plain 1-D positions).
+        batch = self.processor(text=texts, return_tensors="pt", padding=True, return_mm_token_type_ids=True, **kwargs)
+        if "pixel_values" not in batch:
+            batch.pop("mm_token_type_ids", None)
         return {name: value.to(self.device) for name, value in batch.items()}
 
     # ---- generation ----------------------------------------------------------------------------
@@ -141,6 +144,9 @@ class HFJudge:
         completion_ids, completion_mask = completion_ids.to(self.device), completion_mask.to(self.device)
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        if "mm_token_type_ids" in batch:  # completion tokens are text (type 0)
+            types = batch["mm_token_type_ids"]
+            batch["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(completion_ids)], dim=1)
         hidden = self.model.model(
             input_ids=input_ids, attention_mask=attention_mask, **batch
         ).last_hidden_state
@@ -173,6 +179,9 @@ def decode_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
     pieces, previous = [], ""
     for end in range(1, len(ids) + 1):
         text = tokenizer.decode(ids[:end], skip_special_tokens=True)
-        pieces.append(text[len(previous) :] if text.startswith(previous) else text)
+        if text.endswith("\ufffd") and end < len(ids):
+            pieces.append("")  # a character split across tokens: it appears with the token that completes it
+            continue
+        pieces.append(text[len(previous) :])
         previous = text
     return pieces

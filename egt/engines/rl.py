@@ -53,6 +53,7 @@ class RolloutWorker:
     def set_weights(self, state: dict[str, torch.Tensor]) -> None:
         self.judge.model.load_state_dict(state)
 
+    @torch.no_grad()
     def weights_digest(self) -> float:
         """A cheap fingerprint of the weights (sum of all parameters), to check syncs."""
         return float(sum(p.double().sum() for p in self.judge.model.parameters()))
@@ -129,6 +130,7 @@ class Learner:
     def weights(self) -> dict[str, torch.Tensor]:
         return {name: tensor.detach().cpu() for name, tensor in self.judge.model.state_dict().items()}
 
+    @torch.no_grad()
     def weights_digest(self) -> float:
         return float(sum(p.double().sum() for p in self.judge.model.parameters()))
 

@@ -1,0 +1,100 @@
+"""Shared fixtures of the engine tests: one tiny Qwen2.5-VL per session, and a "sharp" copy of it.
+
+``build_tiny_model`` initializes like Hugging Face does (std 0.02, tied embeddings), which on a
+64-wide model gives next-token distributions that are almost uniform: every entropy is ≈ ln|V| and
+every NLL ≈ 11.93, and greedy decoding repeats the last prompt token. Tests built on that model
+could not tell an entropy taken one position off, or a label mask with a few extra tokens, from
+the right one. The sharp copy re-draws the text decoder's weights at a larger, fixed-seed scale, so
+entropies and per-token losses vary from position to position (roughly 3 to 6 nats) and greedy
+decoding writes a different token at every step.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from egt.engines.hf import HFJudge, JudgeInput
+from egt.models.loading import load_model
+from egt.models.tiny import build_tiny_model
+
+IM_END = 151645
+IMAGE_PAD = 151655
+SYSTEM_TURN = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+VISION = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+def solid(colour: tuple[int, int, int]) -> Image.Image:
+    """A 56×56 solid-colour picture: 4 image tokens after Qwen2.5-VL's 2×2 patch merge."""
+    return Image.new("RGB", (56, 56), colour)
+
+
+RED, BLUE, GREEN = solid((220, 30, 30)), solid((30, 30, 220)), solid((30, 200, 30))
+
+
+def expected_prompt(item: JudgeInput) -> str:
+    """Qwen2.5-VL-7B-Instruct's chat layout of a judge prompt, written out by hand (not templated)."""
+    from egt.judge import judge_prompt
+
+    user = VISION * len(item.images) + judge_prompt(item.question, item.response_1, item.response_2)
+    return f"{SYSTEM_TURN}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _one_thread():
+    """One intra-op thread: a 64-wide model gains nothing from more, and on a busy 2-core machine every
+    tiny matmul then waits on a descheduled OpenMP worker (measured: training steps 20× slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """The tiny model exactly as ``build_tiny_model`` writes it (built once per session)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def sharp_dir(tiny_dir, tmp_path_factory) -> Path:
+    """A copy of the tiny model whose text decoder has larger random weights (module docstring)."""
+    out = tmp_path_factory.mktemp("sharp") / "model"
+    shutil.copytree(tiny_dir, out)
+    model = load_model(tiny_dir)
+    generator = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for name, parameter in model.model.language_model.named_parameters():
+            if parameter.ndim == 2 and "embed" not in name:
+                parameter.copy_(
+                    torch.randn(parameter.shape, generator=generator) * 1.5 / parameter.shape[1] ** 0.5
+                )
+        embedding = model.model.language_model.embed_tokens.weight  # tied: also the lm_head
+        embedding.copy_(torch.randn(embedding.shape, generator=generator) * 0.5)
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def judge(sharp_dir) -> HFJudge:
+    """A read-only judge on the sharp model; tests that train load their own copy."""
+    return HFJudge.from_dir(sharp_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def items() -> list[JudgeInput]:
+    """Three pairs whose prompts differ in length (1, 2 and 0 images; different texts): left padding."""
+    return [
+        JudgeInput([RED], "What colour?", "Red.", "Blue."),
+        JudgeInput(
+            [BLUE, RED],
+            "Which colour is shown in the first of these two pictures, please?",
+            "It is blue, clearly.",
+            "Red.",
+        ),
+        JudgeInput([], "Is the sky green? Answer in one word.", "No.", "Yes, it is definitely green today."),
+    ]
