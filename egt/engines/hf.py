@@ -82,7 +82,9 @@ class HFJudge:
         kwargs = {"images": images} if any(images) else {}
         # With images, the batch carries mm_token_type_ids: Qwen2.5-VL needs them to give image tokens
         # their 3-D M-RoPE positions (without them every token gets plain 1-D positions).
-        batch = self.processor(text=texts, return_tensors="pt", padding=True, return_mm_token_type_ids=True, **kwargs)
+        batch = self.processor(
+            text=texts, return_tensors="pt", padding=True, return_mm_token_type_ids=True, **kwargs
+        )
         if "pixel_values" not in batch:
             batch.pop("mm_token_type_ids", None)
         return {name: value.to(self.device) for name, value in batch.items()}
