@@ -50,8 +50,14 @@ class RolloutWorker:
         torch.set_num_threads(threads or os.cpu_count() or 1)
         self.judge = HFJudge.from_dir(model_dir, dtype, device)
 
+    def ready(self) -> bool:
+        return True
+
     def set_weights(self, state: dict[str, torch.Tensor]) -> None:
         self.judge.model.load_state_dict(state)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {name: tensor.detach().cpu().clone() for name, tensor in self.judge.model.state_dict().items()}
 
     @torch.no_grad()
     def weights_digest(self) -> float:
@@ -126,6 +132,9 @@ class Learner:
             self.judge.model.parameters(), lr=self.spec.learning_rate, weight_decay=0.0
         )
         self.reference = copy.deepcopy(self.judge.model).eval() if self.spec.kl_coef > 0 else None
+
+    def ready(self) -> bool:
+        return True
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {name: tensor.detach().cpu() for name, tensor in self.judge.model.state_dict().items()}

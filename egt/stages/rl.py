@@ -26,6 +26,7 @@ from egt.stages.sft import judge_input
 from egt.storage.records import read_records
 
 log = logging.getLogger(__name__)
+ACTOR_START_TIMEOUT = 600  # seconds; loading a 7B checkpoint from network storage can take minutes
 
 
 def fingerprint(spec: EGTRunSpec) -> dict:
@@ -56,14 +57,20 @@ def batch_for_step(records: Sequence[dict], step: int, batch_size: int) -> list[
     return list(records[index * batch_size : (index + 1) * batch_size])
 
 
-def connect_ray(num_cpus: int | None = None):
+def connect_ray(actors: int):
+    """Join the Ray cluster of a RayJob (RAY_ADDRESS set), else start a local one.
+
+    Locally every actor is given one logical CPU even on a 2-core machine: rollout and learning
+    alternate, so they never compete for the cores they share.
+    """
     import ray
 
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
             ray.init(address="auto", log_to_driver=False)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            cpus = max(os.cpu_count() or 1, actors)
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     return ray
 
 
@@ -78,62 +85,102 @@ def unsplit(chunks: list[list], total: int) -> list:
     return out
 
 
+class RLDriver:
+    """The Ray side of the rl stage: one learner, N rollout workers, checkpoints in the store."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx, self.spec = ctx, ctx.spec.rl
+        self.ray = connect_ray(actors=1 + self.spec.rollout_workers)
+        policy_dir = str(model_dir(ctx, "sft"))
+        model = ctx.spec.model
+        gpu = {"num_gpus": 1} if model.device in ("cuda", "auto") and _cuda() else {}
+        self.learner = (
+            self.ray.remote(Learner)
+            .options(num_cpus=1, **gpu)
+            .remote(policy_dir, self.spec.model_dump(mode="json"), model.dtype, model.device)
+        )
+        self.workers = [
+            self.ray.remote(RolloutWorker)
+            .options(num_cpus=1, **gpu)
+            .remote(policy_dir, model.dtype, model.device)
+            for _ in range(self.spec.rollout_workers)
+        ]
+        try:
+            self.ray.get(
+                [a.ready.remote() for a in [self.learner, *self.workers]], timeout=ACTOR_START_TIMEOUT
+            )
+        except self.ray.exceptions.GetTimeoutError:
+            self.close()
+            raise RuntimeError(
+                f"rl: the learner and {len(self.workers)} rollout workers did not start within "
+                f"{ACTOR_START_TIMEOUT}s; the Ray cluster lacks the CPUs/GPUs they ask for "
+                f"({self.ray.available_resources()} available)"
+            ) from None
+        self.referee = make_referee(self.spec.referee)
+        self.images = ImageLoader(ctx.spec.store.endpoint_url)
+        self.checkpoints = ctx.key("checkpoints")
+        self.store_root, self.endpoint = ctx.store.uri_for(""), ctx.spec.store.endpoint_url
+
+    def resume(self) -> tuple[int, list[dict]]:
+        """(steps done, their history) from the newest checkpoint; rollout workers get its weights."""
+        resumed = self.ray.get(self.learner.resume.remote(self.store_root, self.endpoint, self.checkpoints))
+        if not resumed:
+            return 0, []
+        log.info("rl: resuming after step %d", resumed["step"])
+        self.sync()
+        return resumed["step"], resumed["history"]
+
+    def sync(self) -> None:
+        """Learner weights to every rollout worker (one object in the Ray store, fetched by each)."""
+        weights = self.learner.weights.remote()
+        self.ray.get([w.set_weights.remote(weights) for w in self.workers])
+
+    def step(self, batch: list[dict], step: int) -> dict:
+        return rl_step(self, batch, step)
+
+    def checkpoint(self, step: int, history: list[dict]) -> None:
+        self.ray.get(
+            self.learner.save_checkpoint.remote(
+                self.store_root, self.endpoint, self.checkpoints, step, {"history": history}
+            )
+        )
+
+    def save_model(self, out_dir: str) -> None:
+        self.ray.get(self.learner.save_model.remote(out_dir))
+
+    def close(self) -> None:
+        for actor in [self.learner, *self.workers]:
+            self.ray.kill(actor)
+
+
 def run(ctx: StageContext) -> StageResult:
     spec = ctx.spec.rl
     curated = read_records(ctx.store, ctx.upstream_output("curate", "curated"))
-    per_epoch = math.ceil(len(curated) / spec.global_batch_size)
-    total_steps = spec.epochs * per_epoch
+    total_steps = spec.epochs * math.ceil(len(curated) / spec.global_batch_size)
     if spec.max_steps is not None:
         total_steps = min(total_steps, spec.max_steps)
-    ray = connect_ray()
-    policy_dir = str(model_dir(ctx, "sft"))
-    model, device = ctx.spec.model, ctx.spec.model.device
-    gpu = {"num_gpus": 1} if device in ("cuda", "auto") and _cuda() else {}
-    learner = (
-        ray.remote(Learner)
-        .options(num_cpus=1, **gpu)
-        .remote(policy_dir, spec.model_dump(mode="json"), model.dtype, device)
-    )
-    workers = [
-        ray.remote(RolloutWorker).options(num_cpus=1, **gpu).remote(policy_dir, model.dtype, device)
-        for _ in range(spec.rollout_workers)
-    ]
-    referee = make_referee(spec.referee)
-    images = ImageLoader(ctx.spec.store.endpoint_url)
-    checkpoints = ctx.key("checkpoints")
-    store_root, endpoint = ctx.store.uri_for(""), ctx.spec.store.endpoint_url
-    resumed = ray.get(learner.resume.remote(store_root, endpoint, checkpoints))
-    history: list[dict] = resumed["history"] if resumed else []
-    start = resumed["step"] if resumed else 0
-    if resumed:
-        log.info("rl: resuming after step %d", start)
-        weights = learner.weights.remote()
-        ray.get([w.set_weights.remote(weights) for w in workers])
-    with bar(total_steps, "rl", ctx.progress, unit="step") as progress:
-        progress.update(start)
-        for step in range(start, total_steps):
-            batch = batch_for_step(curated, step, spec.global_batch_size)
-            record = rl_step(ray, learner, workers, referee, batch, images, spec, step)
-            history.append(record)
-            for name, value in record.items():
-                if isinstance(value, int | float) and name != "step":
-                    ctx.metrics.set(f"rl_{name}", value, f"RL {name} of the last step")
-            ctx.metrics.set("rl_step", step + 1, "RL updates done")
-            ctx.metrics.push()
-            progress.update(1)
-            progress.set_postfix(reward=f"{record['reward_mean']:.3f}", acc=f"{record['accuracy']:.2f}")
-            if (step + 1) % spec.checkpoint_every_steps == 0 and step + 1 < total_steps:
-                ray.get(
-                    learner.save_checkpoint.remote(
-                        store_root, endpoint, checkpoints, step + 1, {"history": history}
-                    )
-                )
-    final = ctx.workdir / "model"
-    ray.get(learner.save_model.remote(str(final)))
+    driver = RLDriver(ctx)
+    try:
+        start, history = driver.resume()
+        with bar(total_steps, "rl", ctx.progress, unit="step") as progress:
+            progress.update(start)
+            for step in range(start, total_steps):
+                record = driver.step(batch_for_step(curated, step, spec.global_batch_size), step)
+                history.append(record)
+                for name, value in record.items():
+                    if isinstance(value, int | float) and name != "step":
+                        ctx.metrics.set(f"rl_{name}", value, f"RL {name} of the last step")
+                ctx.metrics.push()
+                progress.update(1)
+                progress.set_postfix(reward=f"{record['reward_mean']:.3f}", acc=f"{record['accuracy']:.2f}")
+                if (step + 1) % spec.checkpoint_every_steps == 0 and step + 1 < total_steps:
+                    driver.checkpoint(step + 1, history)
+        final = ctx.workdir / "model"
+        driver.save_model(str(final))
+    finally:
+        driver.close()
     ctx.store.upload_dir(final, ctx.key("model"))
     ctx.store.write_text(ctx.key("history.json"), json.dumps(history))
-    for actor in [learner, *workers]:
-        ray.kill(actor)
     last = history[-1] if history else {}
     return StageResult(
         outputs={"model": "model", "history": "history.json"},
@@ -146,24 +193,22 @@ def run(ctx: StageContext) -> StageResult:
     )
 
 
-def rl_step(
-    ray, learner, workers, referee: Referee, batch: list[dict], images: ImageLoader, spec, step: int
-) -> dict:
+def rl_step(driver: RLDriver, batch: list[dict], step: int) -> dict:
     """One StableReinforce update on one curriculum batch (see egt.engines.rl); returns its log line."""
+    ray, spec, learner, workers = driver.ray, driver.spec, driver.learner, driver.workers
     prompts = [r for r in batch for _ in range(spec.rollouts_per_prompt)]
-    items: list[JudgeInput] = [judge_input(r, images) for r in prompts]
-    chunks = split(items, len(workers))
+    items: list[JudgeInput] = [judge_input(r, driver.images) for r in prompts]
+    chunks = split(items, min(len(workers), len(items)))
     futures = [
         w.generate.remote(
             chunk, spec.max_new_tokens, spec.temperature, spec.seed * 1_000_003 + step * 97 + part
         )
-        for part, (w, chunk) in enumerate(zip(workers, chunks, strict=True))
-        if chunk
+        for part, (w, chunk) in enumerate(zip(workers, chunks, strict=False))
     ]
     generations = unsplit(ray.get(futures), len(items))
     texts = [g.text for g in generations]
     completions = [g.token_ids for g in generations]
-    scored = score_rollouts(texts, [r["label"] for r in prompts], referee.judge_many(texts), spec)
+    scored = score_rollouts(texts, [r["label"] for r in prompts], driver.referee.judge_many(texts), spec)
     old, ref = ray.get(learner.logprobs.remote(items, completions))
     width = max(len(c) for c in completions)
     adv, _, adv_stats = advantages(
@@ -174,8 +219,7 @@ def rl_step(
         pad(ref, width) if ref is not None else None,
     )
     stats = ray.get(learner.update.remote(items, completions, adv, old))
-    weights = learner.weights.remote()
-    ray.get([w.set_weights.remote(weights) for w in workers])
+    driver.sync()
     n = len(scored)
     return {
         "step": step + 1,
