@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -56,6 +57,7 @@ def run(ctx: StageContext) -> StageResult:
     records = load_pool(ctx, "rl")
     judge = HFJudge.from_dir(model_dir(ctx, "sft"), ctx.spec.model.dtype, ctx.spec.model.device)
     images = ImageLoader(ctx.spec.store.endpoint_url)
+    started = time.perf_counter()
     out = sharded(
         ctx,
         records,
@@ -70,7 +72,9 @@ def run(ctx: StageContext) -> StageResult:
         ),
         "sample",
     )
+    seconds = time.perf_counter() - started
     write_records(ctx.store, ctx.key("probed.jsonl"), out)
+    ctx.metrics.set("probe_samples_per_second", len(out) / seconds, "Probe throughput of the last run")
     answer = [r["answer_entropy"] for r in out]
     bins = accuracy_by_entropy_bin(out)
     ctx.metrics.observe("probe_answer_entropy_nats", answer, ENTROPY_BUCKETS, "Answer-token entropy (eq. 3)")

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Sequence
 
 from egt.engines.hf import JudgeInput
@@ -194,10 +195,15 @@ def run(ctx: StageContext) -> StageResult:
 
 
 def rl_step(driver: RLDriver, batch: list[dict], step: int) -> dict:
-    """One StableReinforce update on one curriculum batch (see egt.engines.rl); returns its log line."""
+    """One StableReinforce update on one curriculum batch (see egt.engines.rl); returns its log line.
+
+    The log line includes the wall time of each phase (rollout, referee, reference = π_old/π_ref
+    log-probabilities, learning, sync), which is where a step's time goes.
+    """
     ray, spec, learner, workers = driver.ray, driver.spec, driver.learner, driver.workers
     prompts = [r for r in batch for _ in range(spec.rollouts_per_prompt)]
     items: list[JudgeInput] = [judge_input(r, driver.images) for r in prompts]
+    timer = PhaseTimer()
     chunks = split(items, min(len(workers), len(items)))
     futures = [
         w.generate.remote(
@@ -206,10 +212,13 @@ def rl_step(driver: RLDriver, batch: list[dict], step: int) -> dict:
         for part, (w, chunk) in enumerate(zip(workers, chunks, strict=False))
     ]
     generations = unsplit(ray.get(futures), len(items))
+    timer.lap("rollout")
     texts = [g.text for g in generations]
     completions = [g.token_ids for g in generations]
     scored = score_rollouts(texts, [r["label"] for r in prompts], driver.referee.judge_many(texts), spec)
+    timer.lap("referee")
     old, ref = ray.get(learner.logprobs.remote(items, completions))
+    timer.lap("reference")
     width = max(len(c) for c in completions)
     adv, _, adv_stats = advantages(
         [s.reward for s in scored],
@@ -219,18 +228,36 @@ def rl_step(driver: RLDriver, batch: list[dict], step: int) -> dict:
         pad(ref, width) if ref is not None else None,
     )
     stats = ray.get(learner.update.remote(items, completions, adv, old))
+    timer.lap("learning")
     driver.sync()
+    timer.lap("sync")
     n = len(scored)
+    tokens = sum(len(c) for c in completions)
     return {
         "step": step + 1,
         "reward_mean": sum(s.reward for s in scored) / n,
         "accuracy": sum(s.accuracy for s in scored) / n,
         "logic_mean": sum(s.logic for s in scored) / n,
         "format_ratio": sum(s.well_formed for s in scored) / n,
-        "response_tokens_mean": sum(len(c) for c in completions) / n,
+        "response_tokens_mean": tokens / n,
         **adv_stats,
         **stats,
+        **{f"{phase}_seconds": seconds for phase, seconds in timer.laps.items()},
+        "rollout_tokens_per_second": tokens / max(timer.laps["rollout"], 1e-9),
     }
+
+
+class PhaseTimer:
+    """Wall time of consecutive phases: ``lap(name)`` closes the phase that started at the last lap."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = now - self._last
+        self._last = now
 
 
 def _cuda() -> bool:
