@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from egt.spec import EGTRun
-from egt.stages.base import StageOutcome, execute_stage
+from egt.stages.base import StageOutcome, execute_stage, merge_parts
 from egt.stages.pipeline import PIPELINE, get_stage
 from egt.storage.store import ArtifactStore, open_store
 
@@ -43,9 +43,14 @@ def run_local(
     for name in select_stages(start, stop):
         began = time.monotonic()
         echo(f"▶ {name}")
-        outcome = execute_stage(
-            get_stage(name), run, store, workdir, force=name in force or "all" in force, progress=progress
-        )
+        stage, forced = get_stage(name), name in force or "all" in force
+        count = stage.part_count(run.spec)
+        if count == 1:
+            outcome = execute_stage(stage, run, store, workdir, forced, progress)
+        else:  # what the cluster runs on N nodes, here one part after another
+            for index in range(count):
+                execute_stage(stage, run, store, workdir, forced, progress, part=(index, count))
+            outcome = merge_parts(stage, run, store, workdir, forced, progress)
         outcomes.append(outcome)
         verb = (
             "skipped (up to date)"

@@ -21,9 +21,10 @@ ENTROPY_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 12.0)
 class StageMetrics:
     """A registry for one stage (and shard) of one run, pushed when the stage ends or on demand."""
 
-    def __init__(self, run: str, stage: str, pushgateway: str | None, shard: int | None = None) -> None:
+    def __init__(self, run: str, stage: str, pushgateway: str | None, shard: str = "all") -> None:
         self.run, self.stage, self.pushgateway = run, stage, pushgateway
-        self.grouping_key = {"run": run, "stage": stage, "shard": str(shard if shard is not None else 0)}
+        # shard: a part's index when a stage fans out over nodes, "all" for a whole stage or a merge.
+        self.grouping_key = {"run": run, "stage": stage, "shard": shard}
         self.registry = CollectorRegistry()
         self._gauges: dict[str, Gauge] = {}
         self._histograms: dict[str, Histogram] = {}

@@ -8,6 +8,11 @@ it depends on. ``execute_stage`` wraps it the same way for the local runner and 
 3. if an earlier attempt with the same identity was interrupted, its finished shards and
    checkpoints are kept and the stage resumes; with another identity they are cleared first;
 4. the stage writes its outputs, then the manifest last, then pushes its metrics.
+
+A stage that fans out over nodes (probe) runs as parts: part i of N processes its slice of the pool
+under ``<run>/<stage>/part-i-of-N/`` with its own attempt and manifest, following the same rules;
+``merge_parts`` then joins the finished parts into the stage's own outputs and manifest. The local
+runner merges right after the last part; on a cluster the next stage's job merges before it starts.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class StageContext:
     metrics: StageMetrics
     workdir: Path
     progress: bool = True
+    part: tuple[int, int] | None = None  # (index, count) when the stage runs as one of several parts
 
     @property
     def spec(self) -> EGTRunSpec:
@@ -65,8 +71,8 @@ class StageContext:
         return self.run.name
 
     def key(self, *parts: str, stage: str | None = None) -> str:
-        """Store key ``<run>/<stage>/<parts…>`` (another stage's when ``stage`` is given)."""
-        return "/".join([self.run_name, stage or self.stage, *parts])
+        """Store key ``<run>/<stage>[/part-i-of-N]/<parts…>`` (another stage's when ``stage`` is given)."""
+        return "/".join([self.run_name, stage or unit_name(self.stage, self.part), *parts])
 
     def upstream(self, stage: str) -> Manifest:
         manifest = read_manifest(self.store, self.run_name, stage)
@@ -98,6 +104,17 @@ class Stage:
     # and for the prepare stage the digests of external datasets.
     fingerprint: Callable[[EGTRunSpec], Any]
     run: Callable[[StageContext], StageResult]
+    # Stages that fan out over nodes: how many parts the spec asks for, and how to join them.
+    parts: Callable[[EGTRunSpec], int] | None = None
+    merge: Callable[[StageContext, list[Manifest]], StageResult] | None = None
+
+    def part_count(self, spec: EGTRunSpec) -> int:
+        return self.parts(spec) if self.parts else 1
+
+
+def unit_name(stage: str, part: tuple[int, int] | None) -> str:
+    """Where a stage (or one part of it) keeps its attempt, outputs and manifest, below the run."""
+    return stage if part is None else f"{stage}/part-{part[0]:05d}-of-{part[1]:05d}"
 
 
 @dataclass
@@ -125,34 +142,65 @@ def execute_stage(
     workdir: Path,
     force: bool = False,
     progress: bool = True,
+    part: tuple[int, int] | None = None,
 ) -> StageOutcome:
-    """Run one stage with the skip / resume / manifest-last contract (module docstring)."""
-    started = time.monotonic()
-    chash, inputs = stage_identity(stage, run, store)
-    if not force and is_up_to_date(store, run.name, stage.name, chash, inputs):
-        log.info("%s: up to date, skipped", stage.name)
-        return StageOutcome(stage.name, "skipped", read_manifest(store, run.name, stage.name), 0.0)
+    """Run one stage, or one part of it, with the skip / resume / manifest-last contract."""
+    if part is not None and not 0 <= part[0] < part[1]:
+        raise ValueError(f"part {part[0]} of {part[1]}: the index must be in [0, {part[1]})")
+    return _execute(stage, run, store, workdir, force, progress, part, lambda ctx: stage.run(ctx))
 
-    attempt_key = f"{run.name}/{stage.name}/{ATTEMPT_FILE}"
+
+def merge_parts(
+    stage: Stage, run: EGTRun, store: ArtifactStore, workdir: Path, force: bool = False, progress: bool = True
+) -> StageOutcome:
+    """Join the finished parts of a fanned-out stage into its own outputs and manifest."""
+    chash, inputs = stage_identity(stage, run, store)
+    count = stage.part_count(run.spec)
+    manifests = []
+    for index in range(count):
+        unit = unit_name(stage.name, (index, count))
+        if not is_up_to_date(store, run.name, unit, chash, inputs):
+            raise MissingUpstreamError(
+                stage.name, f"{stage.name} part {index} of {count}", store.uri_for(f"{run.name}/{unit}")
+            )
+        manifests.append(read_manifest(store, run.name, unit))
+    return _execute(
+        stage, run, store, workdir, force, progress, None, lambda ctx: stage.merge(ctx, manifests)
+    )
+
+
+def _execute(stage, run, store, workdir, force, progress, part, body) -> StageOutcome:
+    started = time.monotonic()
+    unit = unit_name(stage.name, part)
+    chash, inputs = stage_identity(stage, run, store)
+    if not force and is_up_to_date(store, run.name, unit, chash, inputs):
+        log.info("%s: up to date, skipped", unit)
+        return StageOutcome(unit, "skipped", read_manifest(store, run.name, unit), 0.0)
+
+    attempt_key = f"{run.name}/{unit}/{ATTEMPT_FILE}"
     identity = {"config_hash": chash, "inputs": inputs}
     previous = store.read_json(attempt_key) if store.exists(attempt_key) else None
     if force or previous != identity:
-        # Shards and checkpoints of another config or other inputs must not leak into this attempt.
-        store.delete_prefix(f"{run.name}/{stage.name}/")
+        # Shards and checkpoints of another config or other inputs must not leak into this attempt;
+        # a merge keeps the parts it is about to join.
+        stale = [k for k in store.list(f"{run.name}/{unit}") if part is not None or "/part-" not in k]
+        for key in stale:
+            store.delete(key)
         store.write_json(attempt_key, identity)
-    elif previous == identity:
-        log.info("%s: resuming an interrupted attempt", stage.name)
+    else:
+        log.info("%s: resuming an interrupted attempt", unit)
 
-    metrics = StageMetrics(run.name, stage.name, run.spec.metrics.pushgateway)
-    workdir = workdir / run.name / stage.name
+    shard = "all" if part is None else str(part[0])
+    metrics = StageMetrics(run.name, stage.name, run.spec.metrics.pushgateway, shard)
+    workdir = workdir / run.name / unit
     workdir.mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(run, store, stage.name, metrics, workdir, progress)
+    ctx = StageContext(run, store, stage.name, metrics, workdir, progress, part)
     started_at = datetime.now(UTC).isoformat()
-    result = stage.run(ctx)
+    result = body(ctx)
     seconds = time.monotonic() - started
     metrics.set("stage_duration_seconds", seconds, "Wall time of the stage's last run")
     manifest = Manifest(
-        stage=stage.name,
+        stage=unit,
         config_hash=chash,
         inputs=inputs,
         outputs=result.outputs,
@@ -162,6 +210,6 @@ def execute_stage(
         finished_at=datetime.now(UTC).isoformat(),
         egt_version=__version__,
     )
-    write_manifest(store, run.name, stage.name, manifest)
+    write_manifest(store, run.name, unit, manifest)
     metrics.push()
-    return StageOutcome(stage.name, "succeeded", manifest, seconds)
+    return StageOutcome(unit, "succeeded", manifest, seconds)

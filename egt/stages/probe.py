@@ -15,7 +15,9 @@ from egt.stages.base import StageContext, StageResult
 from egt.stages.data import ImageLoader, load_pool, model_dir
 from egt.stages.progress import sharded
 from egt.stages.sft import judge_input
-from egt.storage.records import write_records
+from egt.storage.manifest import Manifest
+from egt.storage.records import read_records, write_records
+from egt.storage.shards import partition
 
 ACCURACY_BINS = 5
 
@@ -51,10 +53,13 @@ def accuracy_by_entropy_bin(records: list[dict], bins: int = ACCURACY_BINS) -> l
 
 
 def run(ctx: StageContext) -> StageResult:
+    """Probe the RL pool, or this part's contiguous slice of it when the stage fans out."""
     spec = ctx.spec.probe
     if spec.engine != "hf":
         raise NotImplementedError("probe.engine 'vllm' is not available yet; use 'hf'")
     records = load_pool(ctx, "rl")
+    if ctx.part is not None:
+        records = partition(records, *ctx.part)
     judge = HFJudge.from_dir(model_dir(ctx, "sft"), ctx.spec.model.dtype, ctx.spec.model.device)
     images = ImageLoader(ctx.spec.store.endpoint_url)
     started = time.perf_counter()
@@ -72,9 +77,27 @@ def run(ctx: StageContext) -> StageResult:
         ),
         "sample",
     )
-    seconds = time.perf_counter() - started
+    ctx.metrics.set(
+        "probe_samples_per_second",
+        len(out) / (time.perf_counter() - started),
+        "Probe throughput of the last run",
+    )
+    return summarize(ctx, out)
+
+
+def merge(ctx: StageContext, parts: list[Manifest]) -> StageResult:
+    """Join the parts' outputs, in part order (the pool's order), and summarize the whole pool."""
+    out = [
+        record
+        for manifest in parts
+        for record in read_records(ctx.store, f"{ctx.run_name}/{manifest.stage}/{manifest.outputs['probed']}")
+    ]
+    return summarize(ctx, out)
+
+
+def summarize(ctx: StageContext, out: list[dict]) -> StageResult:
+    """Write probed.jsonl and the probe's summary: metrics, accuracy per entropy bin."""
     write_records(ctx.store, ctx.key("probed.jsonl"), out)
-    ctx.metrics.set("probe_samples_per_second", len(out) / seconds, "Probe throughput of the last run")
     answer = [r["answer_entropy"] for r in out]
     bins = accuracy_by_entropy_bin(out)
     ctx.metrics.observe("probe_answer_entropy_nats", answer, ENTROPY_BUCKETS, "Answer-token entropy (eq. 3)")
@@ -88,7 +111,7 @@ def run(ctx: StageContext) -> StageResult:
         ctx.metrics.set(
             "probe_bin_accuracy_ratio", row["accuracy"], "Accuracy per answer-entropy bin", bin=str(index)
         )
-    accuracy = sum(r["probe_correct"] for r in out) / len(out)
+    accuracy = sum(r["probe_correct"] for r in out) / len(out) if out else 0.0
     ctx.metrics.set("probe_accuracy_ratio", accuracy, "Share of probed samples answered right")
     answered = finite(answer)
     return StageResult(
@@ -96,7 +119,7 @@ def run(ctx: StageContext) -> StageResult:
         counts={"samples": len(out), "unanswered": len(out) - len(answered)},
         metrics={
             "accuracy": accuracy,
-            "well_formed": sum(r["probe_well_formed"] for r in out) / len(out),
+            "well_formed": sum(r["probe_well_formed"] for r in out) / len(out) if out else 0.0,
             "answer_entropy_median": float(np.median(answered)) if answered else None,
             "accuracy_by_entropy_bin": bins,
         },

@@ -30,7 +30,7 @@ def _values(text: str, name: str, **labels: str) -> list[float]:
     return [value for (sample, _), value in _samples(text, **labels).items() if sample == name]
 
 
-def _delete_group(address: str, run: str, stage: str, shard: str = "0") -> None:
+def _delete_group(address: str, run: str, stage: str, shard: str = "all") -> None:
     request = urllib.request.Request(
         f"http://{address}/metrics/job/egt/run/{run}/stage/{stage}/shard/{shard}", method="DELETE"
     )
@@ -50,7 +50,7 @@ def test_push_gauge_and_histogram(pushgateway, pushgateway_metrics):
         r'^egt_probe_accuracy_ratio\{(?=[^}]*run="r1")(?=[^}]*stage="probe")[^}]*\} 0\.5$', re.M
     )
     assert gauge_line.search(text), text
-    group = {"job": "egt", "run": "r1", "stage": "probe", "shard": "0"}
+    group = {"job": "egt", "run": "r1", "stage": "probe", "shard": "all"}
     assert _values(text, "egt_probe_accuracy_ratio", **group) == [0.5]
 
     hist = "egt_probe_answer_entropy_nats"
@@ -71,7 +71,7 @@ def test_push_gauge_and_histogram(pushgateway, pushgateway_metrics):
 
 
 def test_second_push_replaces_the_group(pushgateway, pushgateway_metrics):
-    group = {"job": "egt", "run": "r-replace", "stage": "rl", "shard": "0"}
+    group = {"job": "egt", "run": "r-replace", "stage": "rl", "shard": "all"}
     first = StageMetrics(run="r-replace", stage="rl", pushgateway=pushgateway)
     first.set("rl_reward_mean", 0.25)
     first.set("rl_only_in_first_push", 1.0)
@@ -93,8 +93,8 @@ def test_second_push_replaces_the_group(pushgateway, pushgateway_metrics):
 
 
 def test_groups_are_separate_per_shard_and_stage(pushgateway, pushgateway_metrics):
-    shard0 = StageMetrics(run="r-shards", stage="probe", pushgateway=pushgateway, shard=0)
-    shard1 = StageMetrics(run="r-shards", stage="probe", pushgateway=pushgateway, shard=1)
+    shard0 = StageMetrics(run="r-shards", stage="probe", pushgateway=pushgateway, shard="0")
+    shard1 = StageMetrics(run="r-shards", stage="probe", pushgateway=pushgateway, shard="1")
     curate = StageMetrics(run="r-shards", stage="curate", pushgateway=pushgateway)
     shard0.set("probe_samples", 10)
     shard1.set("probe_samples", 20)
@@ -102,17 +102,17 @@ def test_groups_are_separate_per_shard_and_stage(pushgateway, pushgateway_metric
     for metrics in (shard0, shard1, curate):
         metrics.push()
     # Re-pushing shard 1 must not touch shard 0 or the curate group.
-    shard1_again = StageMetrics(run="r-shards", stage="probe", pushgateway=pushgateway, shard=1)
+    shard1_again = StageMetrics(run="r-shards", stage="probe", pushgateway=pushgateway, shard="1")
     shard1_again.set("probe_samples", 21)
     shard1_again.push()
 
     text = pushgateway_metrics()
     assert _values(text, "egt_probe_samples", run="r-shards", shard="0") == [10.0]
     assert _values(text, "egt_probe_samples", run="r-shards", shard="1") == [21.0]
-    assert _values(text, "egt_curate_kept", run="r-shards", stage="curate", shard="0") == [5.0]
+    assert _values(text, "egt_curate_kept", run="r-shards", stage="curate", shard="all") == [5.0]
     _delete_group(pushgateway, "r-shards", "probe", "0")
     _delete_group(pushgateway, "r-shards", "probe", "1")
-    _delete_group(pushgateway, "r-shards", "curate", "0")
+    _delete_group(pushgateway, "r-shards", "curate", "all")
 
 
 def test_entropy_buckets_are_sorted_and_cover_the_vocabulary():

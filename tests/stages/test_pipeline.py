@@ -150,3 +150,33 @@ def run_store(run):
     from egt.storage.store import open_store
 
     return open_store(run.spec.store.uri, run.spec.store.endpoint_url)
+
+
+def test_probe_fans_out_as_parts_and_the_next_job_merges_them(
+    small_run_doc, tmp_path: Path, monkeypatch
+) -> None:
+    from jobs.entrypoint import stage_main
+
+    small_run_doc["spec"]["probe"]["num_shards"] = 2
+    run = make_run(small_run_doc, str(tmp_path / "store"))
+    run_local(run, tmp_path / "work", stop="sft", progress=False, echo=lambda *_: None)
+    spec_file = tmp_path / "run.yaml"
+    spec_file.write_text(yaml.safe_dump(run.model_dump(mode="json")))
+    args = ["--spec", str(spec_file), "--workdir", str(tmp_path / "pods"), "--no-progress"]
+
+    assert stage_main("curate", args) == 1  # no part has run: nothing to merge yet
+    assert stage_main("probe", args) == 1  # a fanned-out stage needs its part index
+    assert stage_main("probe", [*args, "--part", "1"]) == 0
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")  # how an Indexed Job names the pod's part
+    assert stage_main("probe", args) == 0
+    monkeypatch.delenv("JOB_COMPLETION_INDEX")
+    assert stage_main("curate", args) == 0
+
+    store = run_store(run)
+    parts = [read_records(store, f"small/probe/part-0000{i}-of-00002/probed.jsonl") for i in range(2)]
+    assert [len(p) for p in parts] == [6, 6]
+    merged = read_records(store, "small/probe/probed.jsonl")
+    pool = read_records(store, "small/prepare/data/rl.jsonl")
+    assert [r["id"] for r in merged] == [r["id"] for r in pool]
+    assert read_manifest(store, "small", "probe").counts["samples"] == 12
+    assert read_manifest(store, "small", "curate") is not None
