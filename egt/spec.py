@@ -187,6 +187,36 @@ class SFTSpec(Section):
     gradient_checkpointing: bool = Field(
         True, description="Recompute activations in backward to save memory."
     )
+    zero_stage: Literal[1, 2, 3] = Field(
+        2, description="DeepSpeed ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters."
+    )
+    bf16: bool = Field(True, description="bf16 mixed precision (fp32 master weights) on GPU; ignored on CPU.")
+
+
+class VLLMProbeSpec(Section):
+    """Options of the vLLM probe engine (egt/engines/vllm_probe.py)."""
+
+    entropy: Literal["engine", "teacher_forced"] = Field(
+        "engine",
+        description="engine: exact entropies inside vLLM's sampler (a logits processor); teacher_forced: "
+        "the transformers pass after vLLM generates (a second model copy and forward pass).",
+    )
+    tensor_parallel_size: PositiveInt = Field(1, description="GPUs one vLLM engine spans.")
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Share of GPU memory for vLLM; default 0.9 (engine) or 0.6 (teacher_forced).",
+    )
+    max_model_len: PositiveInt | None = Field(None, description="Context limit; default the model's.")
+    max_num_seqs: PositiveInt | None = Field(
+        None, description="Sequences vLLM schedules at once; default vLLM's."
+    )
+    max_images: PositiveInt = Field(4, description="Images per prompt vLLM reserves room for.")
+    enable_prefix_caching: bool = Field(
+        True, description="Reuse the KV cache of the shared judge prompt prefix."
+    )
+    enforce_eager: bool = Field(False, description="No CUDA graphs (slower; faster start).")
 
 
 class ProbeSpec(Section):
@@ -200,6 +230,7 @@ class ProbeSpec(Section):
     num_shards: PositiveInt = Field(
         1, description="Nodes the pool is partitioned over (Indexed Job completions)."
     )
+    vllm: VLLMProbeSpec = Field(default_factory=VLLMProbeSpec, description="Options of engine 'vllm'.")
 
 
 class CurateSpec(Section):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from egt import __version__
+from egt.engines.distributed import world
 from egt.metrics import StageMetrics
 from egt.spec import EGTRun, EGTRunSpec
 from egt.storage.manifest import (
@@ -177,17 +178,20 @@ def _execute(stage, run, store, workdir, force, progress, part, body) -> StageOu
         log.info("%s: up to date, skipped", unit)
         return StageOutcome(unit, "skipped", read_manifest(store, run.name, unit), 0.0)
 
+    # In a multi-process launch (torchrun) only rank 0 clears, writes the manifest and pushes metrics;
+    # the stage joins its process group before reading anything, so no rank sees a half-cleared prefix.
+    main = world().is_main
     attempt_key = f"{run.name}/{unit}/{ATTEMPT_FILE}"
     identity = {"config_hash": chash, "inputs": inputs}
     previous = store.read_json(attempt_key) if store.exists(attempt_key) else None
-    if force or previous != identity:
+    if main and (force or previous != identity):
         # Shards and checkpoints of another config or other inputs must not leak into this attempt;
         # a merge keeps the parts it is about to join.
         stale = [k for k in store.list(f"{run.name}/{unit}") if part is not None or "/part-" not in k]
         for key in stale:
             store.delete(key)
         store.write_json(attempt_key, identity)
-    else:
+    elif previous == identity:
         log.info("%s: resuming an interrupted attempt", unit)
 
     shard = "all" if part is None else str(part[0])
@@ -210,6 +214,7 @@ def _execute(stage, run, store, workdir, force, progress, part, body) -> StageOu
         finished_at=datetime.now(UTC).isoformat(),
         egt_version=__version__,
     )
-    write_manifest(store, run.name, unit, manifest)
-    metrics.push()
+    if main:
+        write_manifest(store, run.name, unit, manifest)
+        metrics.push()
     return StageOutcome(unit, "succeeded", manifest, seconds)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -22,8 +24,23 @@ from egt.storage.shards import partition
 ACCURACY_BINS = 5
 
 
+# Settings that change speed, not results, stay out of the fingerprint.
+_SPEED_ONLY = {
+    "num_shards": True,
+    "shard_size": True,
+    "batch_size": True,
+    "vllm": {
+        "tensor_parallel_size",
+        "gpu_memory_utilization",
+        "max_num_seqs",
+        "enforce_eager",
+        "enable_prefix_caching",
+    },
+}
+
+
 def fingerprint(spec: EGTRunSpec) -> dict:
-    probe = spec.probe.model_dump(mode="json", exclude={"num_shards", "shard_size", "batch_size"})
+    probe = spec.probe.model_dump(mode="json", exclude=_SPEED_ONLY)
     return {"probe": probe, "dtype": spec.model.dtype}
 
 
@@ -55,34 +72,45 @@ def accuracy_by_entropy_bin(records: list[dict], bins: int = ACCURACY_BINS) -> l
 def run(ctx: StageContext) -> StageResult:
     """Probe the RL pool, or this part's contiguous slice of it when the stage fans out."""
     spec = ctx.spec.probe
-    if spec.engine != "hf":
-        raise NotImplementedError("probe.engine 'vllm' is not available yet; use 'hf'")
     records = load_pool(ctx, "rl")
     if ctx.part is not None:
         records = partition(records, *ctx.part)
-    judge = HFJudge.from_dir(model_dir(ctx, "sft"), ctx.spec.model.dtype, ctx.spec.model.device)
     images = ImageLoader(ctx.spec.store.endpoint_url)
+
+    def to_input(record: dict):
+        return judge_input(record, images)
+
     started = time.perf_counter()
-    out = sharded(
-        ctx,
-        records,
-        spec.shard_size,
-        lambda shard: probe_records(
-            judge,
-            shard,
-            lambda r: judge_input(r, images),
-            spec.batch_size,
-            spec.max_new_tokens,
-            spec.entropy_chunk_size,
-        ),
-        "sample",
-    )
+    with probe_engine(ctx) as probe:
+        out = sharded(ctx, records, spec.shard_size, lambda shard: probe(shard, to_input), "sample")
     ctx.metrics.set(
         "probe_samples_per_second",
         len(out) / (time.perf_counter() - started),
         "Probe throughput of the last run",
     )
     return summarize(ctx, out)
+
+
+@contextmanager
+def probe_engine(ctx: StageContext) -> Iterator[Callable]:
+    """``probe(records, to_input) -> records with entropy columns`` on the configured engine."""
+    spec, model = ctx.spec.probe, ctx.spec.model
+    if spec.engine == "hf":
+        judge = HFJudge.from_dir(model_dir(ctx, "sft"), model.dtype, model.device)
+        yield lambda records, to_input: probe_records(
+            judge, records, to_input, spec.batch_size, spec.max_new_tokens, spec.entropy_chunk_size
+        )
+        return
+    from egt.engines.vllm_probe import VLLMProbe, probe_records_vllm
+
+    options = spec.vllm.model_dump()
+    engine = VLLMProbe(model_dir(ctx, "sft"), model.dtype, model.device, **options)
+    try:
+        yield lambda records, to_input: probe_records_vllm(
+            engine, records, to_input, spec.batch_size, spec.max_new_tokens, spec.entropy_chunk_size
+        )
+    finally:
+        engine.close()
 
 
 def merge(ctx: StageContext, parts: list[Manifest]) -> StageResult:

@@ -66,12 +66,14 @@ def connect_ray(actors: int):
     """
     import ray
 
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
+    if os.environ.get("RAY_ADDRESS"):
+        if not ray.is_initialized():
             ray.init(address="auto", log_to_driver=False)
-        else:
-            cpus = max(os.cpu_count() or 1, actors)
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        return ray
+    if ray.is_initialized() and ray.cluster_resources().get("CPU", 0) < actors:
+        ray.shutdown()  # a local instance from an earlier, smaller run in this process
+    if not ray.is_initialized():
+        ray.init(num_cpus=max(os.cpu_count() or 1, actors), include_dashboard=False, log_to_driver=False)
     return ray
 
 

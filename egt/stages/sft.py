@@ -1,4 +1,11 @@
-"""Stage 2, sft: fine-tune the base judge on the kept teacher trajectories (EGT eq. 2)."""
+"""Stage 2, sft: fine-tune the base judge on the kept teacher trajectories (EGT eq. 2).
+
+The same code runs in one process (``egt run --local``, a one-pod Job) and in every process of a
+torchrun launch (``egt.engines.distributed``): each process trains its share of every global batch
+on DeepSpeed, checkpoints go to ``<run>/sft/checkpoints/`` (one optimizer shard per process), and a
+restarted launch resumes from the newest one. Only rank 0 writes the model, the losses and the
+history; every rank returns the same result.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,20 @@ import logging
 
 import torch
 
-from egt.engines.checkpoint import load_latest, resume, save_checkpoint
-from egt.engines.hf import HFJudge, JudgeInput
-from egt.engines.sft import SFTExample, TrainState, target_ids, total_steps, train
+from egt.engines.distributed import World, process_group, world
+from egt.engines.hf import HFJudge, JudgeInput, resolve_device
+from egt.engines.sft import (
+    SFTExample,
+    TrainState,
+    initialize,
+    load_checkpoint,
+    lr_at,
+    save_checkpoint,
+    save_model,
+    target_ids,
+    total_steps,
+    train,
+)
 from egt.spec import EGTRunSpec
 from egt.stages.base import StageContext, StageResult
 from egt.stages.data import ImageLoader, model_dir
@@ -20,6 +38,7 @@ log = logging.getLogger(__name__)
 
 
 def fingerprint(spec: EGTRunSpec) -> dict:
+    # The number of processes is not part of it: 1 or N processes train the same model.
     return {"sft": spec.sft.model_dump(mode="json"), "dtype": spec.model.dtype}
 
 
@@ -43,6 +62,13 @@ def build_examples(ctx: StageContext, judge: HFJudge, records: list[dict]) -> tu
 
 
 def run(ctx: StageContext) -> StageResult:
+    current = world()
+    # Joined before the model is loaded: on CUDA this selects the process's GPU.
+    with process_group(current, resolve_device(ctx.spec.model.device)):
+        return train_stage(ctx, current)
+
+
+def train_stage(ctx: StageContext, current: World) -> StageResult:
     spec = ctx.spec.sft
     records = [
         r for r in read_records(ctx.store, ctx.upstream_output("annotate", "annotated")) if r["annotated"]
@@ -51,44 +77,55 @@ def run(ctx: StageContext) -> StageResult:
         raise ValueError("sft: the annotate stage kept no trajectory; nothing to train on")
     judge = HFJudge.from_dir(model_dir(ctx, "prepare"), ctx.spec.model.dtype, ctx.spec.model.device)
     torch.manual_seed(spec.seed)
+    # Every rank builds every example: each needs the whole list to cut the same global batches.
     examples, too_long = build_examples(ctx, judge, records)
     if not examples:
         raise ValueError(f"sft: every trajectory is longer than sft.max_length={spec.max_length}")
-    optimizer = torch.optim.AdamW(
-        judge.model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay
-    )
-    state = TrainState(step=0, losses=[])
-    checkpoints = ctx.key("checkpoints")
-    payload = load_latest(ctx.store, checkpoints)
-    if payload is not None:
-        resume(payload, judge.model, optimizer)
-        state = TrainState(step=payload["step"], losses=payload["extra"]["losses"])
+    engine = initialize(judge, spec, current)
+    checkpoints, local_checkpoints = ctx.key("checkpoints"), ctx.workdir / "checkpoints"
+    state = load_checkpoint(engine, ctx.store, checkpoints, local_checkpoints, current)
+    if state is None:
+        state = TrainState(step=0, losses=[])
+    else:
         log.info("sft: resuming after step %d", state.step)
     steps = total_steps(len(examples), spec)
-    with bar(steps, "sft", ctx.progress, unit="step") as progress:
+    with bar(steps, "sft", ctx.progress and current.is_main, unit="step") as progress:
         progress.update(state.step)
 
         def on_step(state: TrainState) -> None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{state.losses[-1]:.4f}")
-            ctx.metrics.set(
-                "sft_loss", state.losses[-1], "SFT loss (mean NLL of assistant tokens) of the last step"
-            )
-            ctx.metrics.set("sft_step", state.step, "SFT optimizer steps done")
-            if state.step % spec.checkpoint_every_steps == 0 and state.step < steps:
-                save_checkpoint(
-                    ctx.store, checkpoints, state.step, judge.model, optimizer, {"losses": state.losses}
+            if current.is_main:
+                progress.update(1)
+                progress.set_postfix(loss=f"{state.losses[-1]:.4f}")
+                ctx.metrics.set(
+                    "sft_loss", state.losses[-1], "SFT loss (mean NLL of assistant tokens) of the last step"
                 )
+                ctx.metrics.set("sft_step", state.step, "SFT optimizer steps done")
+            if state.step % spec.checkpoint_every_steps == 0 and state.step < steps:
+                save_checkpoint(engine, ctx.store, checkpoints, state, local_checkpoints, current)
 
-        train(judge, examples, spec, state, optimizer, on_step)
+        train(judge, engine, examples, spec, state, on_step, current)
     final = ctx.workdir / "model"
-    judge.model.save_pretrained(final)
-    judge.processor.save_pretrained(final)
-    judge.tokenizer.save_pretrained(final)
-    ctx.store.upload_dir(final, ctx.key("model"))
-    ctx.store.write_text(ctx.key("losses.json"), json.dumps(state.losses))
+    save_model(engine, judge, final, current)
+    if current.is_main:
+        ctx.store.upload_dir(final, ctx.key("model"))
+        history = [
+            {
+                "step": step + 1,
+                "loss": loss,
+                "grad_norm": norm,
+                "lr": lr_at(step, steps, spec.learning_rate, spec.warmup_ratio),
+            }
+            for step, (loss, norm) in enumerate(zip(state.losses, state.grad_norms, strict=True))
+        ]
+        ctx.store.write_text(ctx.key("losses.json"), json.dumps(state.losses))
+        ctx.store.write_json(ctx.key("history.json"), history)
     return StageResult(
-        outputs={"model": "model", "losses": "losses.json"},
-        counts={"examples": len(examples), "dropped_too_long": too_long, "steps": state.step},
+        outputs={"model": "model", "losses": "losses.json", "history": "history.json"},
+        counts={
+            "examples": len(examples),
+            "dropped_too_long": too_long,
+            "steps": state.step,
+            "processes": current.world_size,
+        },
         metrics={"final_loss": state.losses[-1], "first_loss": state.losses[0]},
     )

@@ -1,5 +1,6 @@
 """SFT on teacher trajectories: the label mask on a real tokenized sample, the data order, the schedule,
-and a resumed run that reproduces an uninterrupted one."""
+and, in this process (a world of 1 on DeepSpeed), the exact gradient of a step and a resumed run that
+reproduces an uninterrupted one. Several processes: test_sft_distributed."""
 
 from __future__ import annotations
 
@@ -9,18 +10,25 @@ import math
 import pytest
 import torch
 
+from egt.engines.distributed import World
 from egt.engines.hf import HFJudge, JudgeInput
 from egt.engines.sft import (
     SFTExample,
     TrainState,
+    accumulation_steps,
     example_order,
+    initialize,
+    load_checkpoint,
     lr_at,
+    save_checkpoint,
     sft_loss,
     target_ids,
+    token_nll_sum,
     total_steps,
     train,
 )
 from egt.spec import SFTSpec
+from egt.storage.store import FileStore
 from tests.engines.conftest import BLUE, GREEN, IM_END, IMAGE_PAD, RED, expected_prompt
 
 IGNORE = -100
@@ -152,6 +160,7 @@ SPEC = SFTSpec(
     gradient_checkpointing=False,
 )
 RESUME_AT = 2
+ONE = World()  # this process alone
 
 
 def _examples(judge: HFJudge) -> list[SFTExample]:
@@ -163,16 +172,14 @@ def _examples(judge: HFJudge) -> list[SFTExample]:
             (f"It is {colour}.", f"It is {other}.") if right == 1 else (f"It is {other}.", f"It is {colour}.")
         )
         item = JudgeInput([COLOURS[colour]], f"What colour is picture {index}?", *responses)
+        # Trajectories of different lengths: a token-weighted mean differs from a mean over examples.
+        detail = " Only one response names that colour." * (index % 4)
         trajectory = (
-            f"<think>The picture is {colour}. Response {right} is better.</think><answer>{right}</answer>"
+            f"<think>The picture is {colour}.{detail} Response {right} is better.</think>"
+            f"<answer>{right}</answer>"
         )
         examples.append(SFTExample(item, target_ids(judge, trajectory)))
     return examples
-
-
-def _fresh(sharp_dir) -> tuple[HFJudge, torch.optim.Optimizer]:
-    judge = HFJudge.from_dir(sharp_dir, device="cpu")
-    return judge, torch.optim.AdamW(judge.model.parameters(), lr=SPEC.learning_rate, weight_decay=0.0)
 
 
 def _mean_loss(judge: HFJudge, examples: list[SFTExample]) -> float:
@@ -180,62 +187,90 @@ def _mean_loss(judge: HFJudge, examples: list[SFTExample]) -> float:
         return float(sft_loss(judge, examples))
 
 
-def test_train_lowers_the_loss_and_resumes_exactly(sharp_dir, tmp_path):
+def test_token_nll_sum_is_the_mean_times_the_tokens(judge):
+    examples = _examples(judge)[:3]
+    tokens = sum(len(e.target_ids) for e in examples)
+    with torch.no_grad():
+        total = float(token_nll_sum(judge, examples))
+    assert total == pytest.approx(_mean_loss(judge, examples) * tokens, rel=1e-6)
+
+
+def test_a_step_is_the_token_mean_gradient_of_the_whole_global_batch(sharp_dir):
+    """DeepSpeed scales what backward gets (1/accumulation, 1/world size): the engine undoes it, so the
+    first step's pre-clip gradient norm is that of the plain token-mean loss over the global batch."""
+    reference = HFJudge.from_dir(sharp_dir, device="cpu")
+    examples = _examples(reference)
+    batch = [examples[i] for i in example_order(8, SPEC.epochs, SPEC.seed)[: SPEC.global_batch_size]]
+    assert len({len(e.target_ids) for e in batch}) > 1  # token weighting differs from averaging examples
+    reference.model.train()
+    loss = sft_loss(reference, batch)
+    loss.backward()
+    expected = torch.nn.utils.get_total_norm(
+        [p.grad for p in reference.model.parameters() if p.grad is not None]
+    )
+
+    judge = HFJudge.from_dir(sharp_dir, device="cpu")
+    engine = initialize(judge, SPEC, ONE)
+    spec = SPEC.model_copy(update={"epochs": SPEC.global_batch_size / 8})  # one step
+    state = train(judge, engine, examples, spec, TrainState(0, []), lambda _: None, ONE)
+    assert state.losses == [pytest.approx(loss.item(), rel=1e-6)]
+    assert state.grad_norms == [pytest.approx(float(expected), rel=1e-5)]
+    assert float(expected) > SPEC.max_grad_norm  # and the step clipped it
+
+
+def test_train_lowers_the_loss_and_resumes_exactly(sharp_dir, tmp_path, artifact_store):
     steps = total_steps(8, SPEC)
     assert steps == 4
+    store, prefix = artifact_store, "run/sft/checkpoints"
 
-    # The uninterrupted run; at step RESUME_AT its on_step writes the checkpoint a resumed run starts from.
-    checkpoint = tmp_path / "sft.pt"
-    judge, optimizer = _fresh(sharp_dir)
+    # The uninterrupted run; its on_step writes checkpoints up to step RESUME_AT, where a resumed run starts.
+    judge = HFJudge.from_dir(sharp_dir, device="cpu")
+    engine = initialize(judge, SPEC, ONE)
     examples = _examples(judge)
     before = _mean_loss(judge, examples)
     seen: list[int] = []
 
     def on_step(s: TrainState) -> None:
         seen.append(s.step)
-        if s.step == RESUME_AT:
-            payload = {
-                "model": judge.model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": s.step,
-                "losses": list(s.losses),
-            }
-            torch.save(payload, checkpoint)
+        if s.step <= RESUME_AT:
+            save_checkpoint(engine, store, prefix, s, tmp_path / "local", ONE)
 
-    state = train(judge, examples, SPEC, TrainState(0, []), optimizer, on_step=on_step)
+    state = train(judge, engine, examples, SPEC, TrainState(0, []), on_step, ONE)
     assert seen == [1, 2, 3, 4] and state.step == steps and len(state.losses) == steps
+    assert len(state.grad_norms) == steps
     assert not judge.model.training
     after = _mean_loss(judge, examples)
     assert after < before - 0.5, (before, after)
     assert state.losses[-1] < state.losses[0]
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(lr_at(steps - 1, steps, SPEC.learning_rate, 0.25))
-    reference_losses = list(state.losses)
+    lr = engine.optimizer.param_groups[0]["lr"]
+    assert lr == pytest.approx(lr_at(steps - 1, steps, SPEC.learning_rate, 0.25))
+    assert store.read_json(f"{prefix}/latest.json") == {"tag": "step-0000002", "step": 2, "world_size": 1}
+    kept = {key[len(prefix) + 1 :].split("/")[0] for key in store.list(prefix)}
+    assert kept == {"latest.json", "step-0000002"}  # step 1 was dropped once step 2 was complete
+    assert store.exists(f"{prefix}/step-0000002/zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    reference = (list(state.losses), list(state.grad_norms))
     trained = {name: tensor.clone() for name, tensor in judge.model.state_dict().items()}
-    del judge, optimizer
+    del judge, engine
 
-    # Resumed in a fresh model and optimizer from the saved state dicts.
-    judge, optimizer = _fresh(sharp_dir)
-    payload = torch.load(checkpoint, weights_only=False)
-    judge.model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
+    # Resumed in a fresh model and engine from the store.
+    judge = HFJudge.from_dir(sharp_dir, device="cpu")
+    engine = initialize(judge, SPEC, ONE)
+    state = load_checkpoint(engine, store, prefix, tmp_path / "local", ONE)
+    assert state is not None and state.step == RESUME_AT
     resumed: list[int] = []
-    state = train(
-        judge,
-        examples,
-        SPEC,
-        TrainState(payload["step"], payload["losses"]),
-        optimizer,
-        on_step=lambda s: resumed.append(s.step),
-    )
+    state = train(judge, engine, examples, SPEC, state, lambda s: resumed.append(s.step), ONE)
     assert resumed == [3, 4] and state.step == steps
-    assert state.losses == pytest.approx(reference_losses, abs=1e-5)
+    assert state.losses == pytest.approx(reference[0], abs=1e-5)
+    assert state.grad_norms == pytest.approx(reference[1], rel=1e-5)
     for name, tensor in judge.model.state_dict().items():
         torch.testing.assert_close(tensor, trained[name], atol=1e-5, rtol=0)
+    assert load_checkpoint(engine, FileStore(tmp_path / "empty"), prefix, tmp_path / "local", ONE) is None
 
 
-def test_train_rejects_a_global_batch_that_micro_batches_do_not_divide(judge):
+def test_a_global_batch_must_split_into_micro_batches_over_all_ranks(judge):
+    assert accumulation_steps(SPEC.model_copy(update={"global_batch_size": 8}), 2) == 4
     spec = SPEC.model_copy(update={"global_batch_size": 4, "micro_batch_size": 3})
-    with pytest.raises(ValueError, match="multiple"):
-        train(
-            judge, [], spec, TrainState(0, []), torch.optim.SGD([torch.zeros(1, requires_grad=True)]), print
-        )
+    with pytest.raises(ValueError, match=r"global_batch_size 4 .* micro_batch_size 3 × world size 1"):
+        initialize(judge, spec, ONE)
+    with pytest.raises(ValueError, match=r"global_batch_size 6 .* micro_batch_size 3 × world size 4"):
+        accumulation_steps(spec.model_copy(update={"global_batch_size": 6}), 4)

@@ -25,7 +25,13 @@ def quiet(*_):
 @pytest.fixture
 def rl_doc(small_run_doc):
     small_run_doc["spec"]["rl"].update(
-        {"rollout_workers": 2, "epochs": 2, "max_steps": None, "global_batch_size": 3, "checkpoint_every_steps": 1}
+        {
+            "rollout_workers": 2,
+            "epochs": 2,
+            "max_steps": None,
+            "global_batch_size": 3,
+            "checkpoint_every_steps": 1,
+        }
     )
     return small_run_doc
 
