@@ -16,11 +16,11 @@ import json
 import math
 import multiprocessing as mp
 import os
-import platform
 import resource
 import time
 
 import torch
+from machine import cpu_model  # bench/ is on sys.path when a script here runs
 
 from egt.algorithms.entropy import chunked_token_entropy
 
@@ -74,14 +74,6 @@ def _measure(
     }
 
 
-def _cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -127,7 +119,7 @@ def main() -> None:
             rows.append(result)
 
     print(
-        f"|V| = {args.vocab}, d = {args.hidden}, float32, {args.threads} torch threads, {_cpu_model()}, "
+        f"|V| = {args.vocab}, d = {args.hidden}, float32, {args.threads} torch threads, {cpu_model()}, "
         f"torch {torch.__version__}; best of {args.repeats}\n"
     )
     print(
@@ -143,7 +135,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"args": vars(args), "cpu": _cpu_model(), "torch": torch.__version__, "results": rows},
+                {"args": vars(args), "cpu": cpu_model(), "torch": torch.__version__, "results": rows},
                 f,
                 indent=2,
             )

@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import cpu_model  # bench/ is on sys.path when a script here runs
 
 
 def make_pairs(count: int):
@@ -142,14 +143,6 @@ def worker(args) -> dict:
             float((a - b).abs().max()) for a, b in zip(inside, forced, strict=True)
         )
     return result
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:

@@ -40,17 +40,10 @@ CHUNK = 7  # several chunks per completion: exercises the chunking on the vLLM p
 
 
 @pytest.fixture(scope="module")
-def pairs() -> list[JudgeInput]:
+def pairs(items) -> list[JudgeInput]:
     """Six pairs: 0, 1 and 2 images, prompts of different lengths (left padding on the HF side)."""
     return [
-        JudgeInput([RED], "What colour?", "Red.", "Blue."),
-        JudgeInput(
-            [BLUE, RED],
-            "Which colour is shown in the first of these two pictures, please?",
-            "It is blue, clearly.",
-            "Red.",
-        ),
-        JudgeInput([], "Is the sky green? Answer in one word.", "No.", "Yes, it is definitely green today."),
+        *items,
         JudgeInput([GREEN], "Name the colour of the picture.", "Green.", "Purple, with stripes."),
         JudgeInput([GREEN, BLUE], "Are both pictures the same colour?", "No: green and blue.", "Yes."),
         JudgeInput([BLUE], "Colour?", "A deep blue everywhere in the picture.", "Blue."),
