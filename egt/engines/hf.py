@@ -175,15 +175,16 @@ class HFJudge:
 def decode_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
     """Per-token texts whose concatenation equals the decoded text (special tokens decode to "").
 
-    Decoding tokens one by one breaks multi-byte characters split across tokens, so each piece is
-    the growth of the decoded prefix instead.
+    Tokens are decoded from the last character boundary on: a character split across byte tokens
+    (U+FFFD while incomplete) appears with the token that completes it. Each token is decoded with
+    at most the few tokens of its character, so this is linear in the output length.
     """
-    pieces, previous = [], ""
+    pieces, boundary = [], 0
     for end in range(1, len(ids) + 1):
-        text = tokenizer.decode(ids[:end], skip_special_tokens=True)
+        text = tokenizer.decode(ids[boundary:end], skip_special_tokens=True)
         if text.endswith("\ufffd") and end < len(ids):
-            pieces.append("")  # a character split across tokens: it appears with the token that completes it
+            pieces.append("")
             continue
-        pieces.append(text[len(previous) :])
-        previous = text
+        pieces.append(text)
+        boundary = end
     return pieces
