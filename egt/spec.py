@@ -33,6 +33,8 @@ class Section(BaseModel):
 
 
 class StoreSpec(Section):
+    """Where artifacts go: <uri>/<run>/<stage>/."""
+
     uri: str = Field(
         "runs",
         description="Artifact root: a local path, file:///abs/path or s3://bucket/prefix. "
@@ -54,12 +56,16 @@ class StoreSpec(Section):
 
 
 class TinyModelSpec(Section):
+    """A tiny random-weight Qwen2.5-VL with the real vocabulary, built offline."""
+
     seed: int = Field(0, description="Seed of the random weights.")
     hidden_size: int = Field(64, ge=64, multiple_of=32, description="Text hidden size (heads of 32 dims).")
     num_layers: PositiveInt = Field(2, description="Text decoder layers.")
 
 
 class ModelSpec(Section):
+    """The base judge model (Qwen2.5-VL) and how it is loaded."""
+
     path: str | None = Field(
         None,
         description="Base judge model: a Hugging Face folder (local path or s3:// URI), "
@@ -81,6 +87,8 @@ class ModelSpec(Section):
 
 
 class SyntheticDataSpec(Section):
+    """Generated colour pairs whose images decide the better response, with injected noise."""
+
     seed: int = Field(0, description="Seed of images, responses, labels and noise positions.")
     sft_size: PositiveInt = Field(400, description="Pairs in the SFT pool (annotated by the teacher).")
     rl_size: PositiveInt = Field(300, description="Pairs in the RL pool (probed, curated, trained on).")
@@ -99,6 +107,8 @@ class SyntheticDataSpec(Section):
 
 
 class DataSpec(Section):
+    """The SFT pool, the RL pool and the evaluation sets (JSON Lines or Parquet)."""
+
     sft: str | None = Field(None, description="SFT pool (JSON Lines or Parquet URI); images relative to it.")
     rl: str | None = Field(None, description="RL pool (JSON Lines or Parquet URI).")
     eval: dict[str, str] = Field(
@@ -157,6 +167,8 @@ class TeacherSpec(ChatEndpointSpec):
 
 
 class AnnotateSpec(Section):
+    """Stage 1: teacher trajectories, at most 3 attempts, the label never shown."""
+
     teacher: TeacherSpec = Field(
         default_factory=lambda: TeacherSpec(kind="scripted"),
         description="The model that writes trajectories.",
@@ -168,6 +180,8 @@ class AnnotateSpec(Section):
 
 
 class SFTSpec(Section):
+    """Stage 2: supervised fine-tuning on the trajectories (DeepSpeed ZeRO)."""
+
     epochs: float = Field(1.0, gt=0, description="Passes over the trajectories (paper: 1).")
     global_batch_size: PositiveInt = Field(
         256, description="Sequences per optimizer step, all ranks (paper: 256)."
@@ -220,6 +234,8 @@ class VLLMProbeSpec(Section):
 
 
 class ProbeSpec(Section):
+    """Stage 3: the SFT model answers the RL pool; exact per-sample entropies."""
+
     engine: Literal["hf", "vllm"] = Field("hf", description="Generation engine.")
     max_new_tokens: PositiveInt = Field(1024, description="Generation budget per sample.")
     batch_size: PositiveInt = Field(16, description="Samples generated together.")
@@ -234,6 +250,8 @@ class ProbeSpec(Section):
 
 
 class CurateSpec(Section):
+    """Stage 4: keep the lowest-entropy samples, sorted ascending (or an ablation)."""
+
     strategy: Literal["entropy", "random", "accuracy", "bucket"] = Field(
         "entropy",
         description="entropy: lowest entropies (EGT); random: seeded sample; accuracy: correctly probed "
@@ -273,6 +291,8 @@ class RefereeSpec(ChatEndpointSpec):
 
 
 class RLSpec(Section):
+    """Stage 5: StableReinforce on Ray, ascending entropy every epoch."""
+
     epochs: PositiveInt = Field(
         20, description="Passes over the curated set, each in ascending entropy (paper: 20)."
     )
@@ -306,6 +326,8 @@ class RLSpec(Section):
 
 
 class EvaluateSpec(Section):
+    """Stage 6: accuracy in both response orders, position bias, Voting@K."""
+
     models: list[Literal["sft", "rl"]] = Field(
         default_factory=lambda: ["sft", "rl"], description="Checkpoints to evaluate, side by side."
     )
@@ -319,6 +341,8 @@ class EvaluateSpec(Section):
 
 
 class StageResources(Section):
+    """Pods and resources of one stage on a cluster."""
+
     nodes: PositiveInt = Field(1, description="Pods (nodes) the stage spans.")
     gpus_per_node: int = Field(0, ge=0, description="nvidia.com/gpu per pod.")
     cpu: str = Field("2", description="CPU request per pod.")
@@ -326,6 +350,8 @@ class StageResources(Section):
 
 
 class ClusterSpec(Section):
+    """How stages run on Kubernetes: image, GPU placement, Secrets, resources."""
+
     image: str = Field("ghcr.io/egt-dev/egt-trainer:0.1.0", description="Trainer image of every stage pod.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of GPU pods.")
     tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations of GPU pods.")
@@ -339,10 +365,14 @@ class ClusterSpec(Section):
 
 
 class MetricsSpec(Section):
+    """Prometheus metrics of the stages."""
+
     pushgateway: str | None = Field(None, description="Pushgateway address (host:port); unset = no push.")
 
 
 class EGTRunSpec(Section):
+    """What to train and how: one section per stage."""
+
     store: StoreSpec = Field(default_factory=StoreSpec, description="Where artifacts go.")
     model: ModelSpec = Field(description="The base judge model.")
     data: DataSpec = Field(description="SFT pool, RL pool and evaluation sets.")
@@ -370,6 +400,8 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class Metadata(BaseModel):
+    """Kubernetes object metadata; the name names the run."""
+
     model_config = ConfigDict(extra="allow")
     name: str = Field(description="Run name: a DNS label; artifacts go to <store>/<name>/.")
 
@@ -382,6 +414,8 @@ class Metadata(BaseModel):
 
 
 class EGTRun(Section):
+    """An EGT training run: the custom resource and the local run file."""
+
     apiVersion: Literal["egt.dev/v1alpha1"] = Field(API_VERSION, description="egt.dev/v1alpha1.")
     kind: Literal["EGTRun"] = Field(KIND, description="EGTRun.")
     metadata: Metadata = Field(description="Kubernetes object metadata; name names the run.")
