@@ -59,11 +59,6 @@ class RolloutWorker:
     def weights(self) -> dict[str, torch.Tensor]:
         return {name: tensor.detach().cpu().clone() for name, tensor in self.judge.model.state_dict().items()}
 
-    @torch.no_grad()
-    def weights_digest(self) -> float:
-        """A cheap fingerprint of the weights (sum of all parameters), to check syncs."""
-        return float(sum(p.double().sum() for p in self.judge.model.parameters()))
-
     def generate(
         self, items: list[JudgeInput], max_new_tokens: int, temperature: float, seed: int
     ) -> list[Generation]:
@@ -138,10 +133,6 @@ class Learner:
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {name: tensor.detach().cpu() for name, tensor in self.judge.model.state_dict().items()}
-
-    @torch.no_grad()
-    def weights_digest(self) -> float:
-        return float(sum(p.double().sum() for p in self.judge.model.parameters()))
 
     @torch.no_grad()
     def logprobs(

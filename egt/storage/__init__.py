@@ -11,7 +11,7 @@ from egt.storage.manifest import (
     write_manifest,
 )
 from egt.storage.records import dumps_jsonl, loads_jsonl, read_records, write_records
-from egt.storage.shards import clear_shards, partition, process_in_shards, shard_ranges
+from egt.storage.shards import partition, process_in_shards, shard_ranges
 from egt.storage.store import ArtifactStore, FileStore, S3Store, open_store
 
 __all__ = [
@@ -19,7 +19,6 @@ __all__ = [
     "FileStore",
     "Manifest",
     "S3Store",
-    "clear_shards",
     "config_hash",
     "digest_bytes",
     "dumps_jsonl",

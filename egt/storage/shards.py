@@ -4,8 +4,8 @@ A long stage (annotating thousands of samples with a teacher) processes its reco
 each finished shard as ``<prefix>/shard-NNNNN.jsonl``. Writes are atomic, so a shard is complete iff its
 file exists; a re-run after a crash or preemption reads finished shards back and computes only the rest.
 
-A shard file does not record what produced it, so the prefix must identify the work: put the stage's
-config hash in it, or call :func:`clear_shards` when the inputs or the config change.
+A shard file does not record what produced it: the stage runner (egt/stages/base.py) keeps shards only
+while the stage's config and inputs are unchanged (``attempt.json``) and clears them otherwise.
 """
 
 from __future__ import annotations
@@ -57,11 +57,6 @@ def process_in_shards(
         if progress is not None:
             progress(end - start)
     return outputs
-
-
-def clear_shards(store: ArtifactStore, prefix: str) -> None:
-    """Forget finished shards (the whole prefix: it belongs to the shards) to recompute from scratch."""
-    store.delete_prefix(prefix)
 
 
 def partition(records: list[Record], shard_index: int, num_shards: int) -> list[Record]:

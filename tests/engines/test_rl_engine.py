@@ -145,7 +145,6 @@ def test_off_policy_update_reports_clipping_and_syncs_to_a_worker(sharp_dir):
     assert set(differs()) == set(changed)
     worker.set_weights(learner.weights())
     assert differs() == []
-    assert worker.weights_digest() == learner.weights_digest()
     # And it generates what the learner's model generates.
     greedy = worker.generate(ITEMS[:1], max_new_tokens=4, temperature=0.0, seed=0)
     assert [g.token_ids for g in greedy] == [g.token_ids for g in learner.judge.generate(ITEMS[:1], 4)]

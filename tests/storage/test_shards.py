@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from egt.storage.shards import clear_shards, partition, process_in_shards, shard_key, shard_ranges
+from egt.storage.shards import partition, process_in_shards, shard_key, shard_ranges
 from egt.storage.store import ArtifactStore, FileStore
 
 RECORDS = [{"i": i} for i in range(10)]
@@ -56,7 +56,7 @@ def test_resume_recomputes_only_unfinished_shards(artifact_store: ArtifactStore)
     assert process_in_shards(artifact_store, "run/annotate/shards", RECORDS, 2, process) == out
     assert calls == []
 
-    clear_shards(artifact_store, "run/annotate/shards")
+    artifact_store.delete_prefix("run/annotate/shards")
     assert process_in_shards(artifact_store, "run/annotate/shards", RECORDS, 2, process) == out
     assert calls == [0, 1, 2, 3, 4]
 
