@@ -179,7 +179,20 @@ class AnnotateSpec(Section):
     shard_size: PositiveInt = Field(256, description="Pairs per resumable shard.")
 
 
-class SFTSpec(Section):
+class DeepSpeedSpec(Section):
+    """How a trainer runs on DeepSpeed (the SFT ranks and the RL learners share these knobs)."""
+
+    zero_stage: Literal[1, 2, 3] = Field(
+        2, description="DeepSpeed ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters."
+    )
+    bf16: bool = Field(True, description="bf16 mixed precision (fp32 master weights) on GPU; ignored on CPU.")
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in backward to save memory."
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip per optimizer step.")
+
+
+class SFTSpec(DeepSpeedSpec):
     """Stage 2: supervised fine-tuning on the trajectories (DeepSpeed ZeRO)."""
 
     epochs: float = Field(1.0, gt=0, description="Passes over the trajectories (paper: 1).")
@@ -190,7 +203,6 @@ class SFTSpec(Section):
     learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (paper: 1e-5).")
     warmup_ratio: Fraction = Field(0.03, description="Share of steps with linear warmup; cosine decay after.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip per optimizer step.")
     max_length: PositiveInt = Field(
         4096, description="Sequences longer than this (prompt + answer) are dropped."
     )
@@ -198,29 +210,18 @@ class SFTSpec(Section):
     checkpoint_every_steps: PositiveInt = Field(
         50, description="Optimizer steps between resumable checkpoints."
     )
-    gradient_checkpointing: bool = Field(
-        True, description="Recompute activations in backward to save memory."
-    )
-    zero_stage: Literal[1, 2, 3] = Field(
-        2, description="DeepSpeed ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters."
-    )
-    bf16: bool = Field(True, description="bf16 mixed precision (fp32 master weights) on GPU; ignored on CPU.")
 
 
-class VLLMProbeSpec(Section):
-    """Options of the vLLM probe engine (egt/engines/vllm_probe.py)."""
+class VLLMEngineSpec(Section):
+    """Options of a vLLM engine (probe generation, RL rollouts)."""
 
-    entropy: Literal["engine", "teacher_forced"] = Field(
-        "engine",
-        description="engine: exact entropies inside vLLM's sampler (a logits processor); teacher_forced: "
-        "the transformers pass after vLLM generates (a second model copy and forward pass).",
-    )
     tensor_parallel_size: PositiveInt = Field(1, description="GPUs one vLLM engine spans.")
     gpu_memory_utilization: float | None = Field(
         None,
         gt=0,
         le=1,
-        description="Share of GPU memory for vLLM; default 0.9 (engine) or 0.6 (teacher_forced).",
+        description="Share of GPU memory for vLLM; default 0.9 (0.6 for the probe's teacher_forced "
+        "entropy, which keeps a transformers copy beside it).",
     )
     max_model_len: PositiveInt | None = Field(None, description="Context limit; default the model's.")
     max_num_seqs: PositiveInt | None = Field(
@@ -231,6 +232,16 @@ class VLLMProbeSpec(Section):
         True, description="Reuse the KV cache of the shared judge prompt prefix."
     )
     enforce_eager: bool = Field(False, description="No CUDA graphs (slower; faster start).")
+
+
+class VLLMProbeSpec(VLLMEngineSpec):
+    """Options of the vLLM probe engine (egt/engines/vllm_probe.py)."""
+
+    entropy: Literal["engine", "teacher_forced"] = Field(
+        "engine",
+        description="engine: exact entropies inside vLLM's sampler (a logits processor); teacher_forced: "
+        "the transformers pass after vLLM generates (a second model copy and forward pass).",
+    )
 
 
 class ProbeSpec(Section):
@@ -290,7 +301,7 @@ class RefereeSpec(ChatEndpointSpec):
     timeout_seconds: float = Field(60.0, gt=0, description="Per-request timeout.")
 
 
-class RLSpec(Section):
+class RLSpec(DeepSpeedSpec):
     """Stage 5: StableReinforce on Ray, ascending entropy every epoch."""
 
     epochs: PositiveInt = Field(
@@ -314,7 +325,16 @@ class RLSpec(Section):
         description="Optimizer steps per rollout batch, over equal mini-batches. Above 1 the later steps "
         "are off-policy, which is where pre-clip and the ε-clip act.",
     )
-    rollout_workers: PositiveInt = Field(1, description="Ray rollout actors.")
+    rollout_workers: PositiveInt = Field(1, description="Ray rollout actors (one GPU each on a cluster).")
+    rollout_engine: Literal["hf", "vllm"] = Field(
+        "hf", description="Rollout generation engine: vllm on GPU clusters, hf (transformers) anywhere."
+    )
+    vllm: VLLMEngineSpec = Field(
+        default_factory=VLLMEngineSpec, description="Options of rollout_engine 'vllm'."
+    )
+    learner_workers: PositiveInt = Field(
+        1, description="Learner actors: data-parallel DeepSpeed ranks, one GPU each on a cluster."
+    )
     referee: RefereeSpec = Field(default_factory=RefereeSpec, description="Who scores R_logic.")
     max_steps: PositiveInt | None = Field(None, description="Stop after this many updates (smoke runs).")
     checkpoint_every_steps: PositiveInt = Field(20, description="Updates between resumable checkpoints.")
