@@ -1,0 +1,406 @@
+"""The Kubernetes objects a stage of an EGTRun runs as: pure functions from the run to manifests.
+
+Nothing here talks to a cluster. :func:`render` gives a stage's objects as plain dicts, ready for
+the API (the reconcile loop creates them in order and watches the last one):
+
+============ =================================================================================
+stage         objects
+============ =================================================================================
+every stage   ConfigMap ``<run>-spec-<digest>``: the resolved run file, mounted at /etc/egt
+prepare       Job ``<run>-prepare`` (one pod)
+annotate      Job ``<run>-annotate`` (one pod: the stage parallelises over HTTP requests and
+              resumes by shard; the jobs take no part of the annotate pool)
+sft           headless Service + Indexed Job ``<run>-sft``: one pod per node under torchrun
+probe         Indexed Job ``<run>-probe``: one completion per probe shard (``--part``)
+curate        Job ``<run>-curate`` (one pod)
+rl            RayJob ``<run>-rl`` (KubeRay ray.io/v1): a CPU head running the driver, GPU workers
+evaluate      Job ``<run>-evaluate`` (one pod)
+============ =================================================================================
+
+Every child is named deterministically, owned by the run (deleting the run deletes them), labelled
+with the run and stage, and reads the run file from the ConfigMap. Credentials reach pods only as
+``secretKeyRef`` env vars naming the Secrets in ``spec.cluster``; no secret value is ever rendered.
+Jobs never retry (``backoffLimit: 0``): the operator owns retries, and every stage resumes from its
+finished shards or checkpoints, so a retry is a new child, not a restarted pod.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from egt.engines.distributed import DEFAULT_PORT, torchrun_command
+from egt.spec import API_VERSION, KIND, STAGES, EGTRun, EGTRunSpec, StageResources, dump_run, parse_run
+
+SPEC_DIR = "/etc/egt"
+SPEC_PATH = f"{SPEC_DIR}/run.yaml"
+SCRATCH = "/scratch"
+MANAGED_BY = "egt-operator"
+RUN_LABEL = "egt.dev/run"
+STAGE_LABEL = "egt.dev/stage"
+GPU = "nvidia.com/gpu"
+RUN_AS = 1000  # the non-root user of the trainer image (uid 1000, as in Ray's own images)
+# Ray inside the trainer image: the `ray` pin in pyproject.toml (a test keeps the two equal).
+RAY_VERSION = "2.60.0"
+# KubeRay validates RayJob names against this (its MaxRayJobNameLength: the RayCluster gets a suffix).
+RAYJOB_NAME_LIMIT = 47
+# How long a finished RL Ray cluster stays for `kubectl logs` before KubeRay deletes it.
+RAY_CLUSTER_TTL_SECONDS = 300
+# The Ray head runs the driver, GCS and dashboard, no actors; the spec's per-pod defaults fit it.
+RAY_HEAD = StageResources()
+
+
+class RenderError(ValueError):
+    """A run that cannot run on a cluster as specified (the message says which field to set)."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """The EGTRun a child belongs to: what its name, labels and ownerReference are made from."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: EGTRunSpec
+
+
+def run_from_resource(body: Mapping[str, Any]) -> Run:
+    """The run of a custom resource as the API server returns it (validated like ``egt validate``).
+
+    Raises :class:`egt.spec.SpecError` naming every invalid field.
+    """
+    meta = body["metadata"]
+    document = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": meta["name"]},
+        "spec": body.get("spec"),
+    }
+    parsed = parse_run(document, f"EGTRun {meta['namespace']}/{meta['name']}")
+    return Run(meta["name"], meta["namespace"], meta["uid"], parsed.spec)
+
+
+def render(run: Run, stage: str) -> list[dict[str, Any]]:
+    """Every object ``stage`` needs, in creation order; the last one is the one to watch."""
+    if stage not in _RENDERERS:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    return [config_map(run), *_RENDERERS[stage](run)]
+
+
+def child_name(run: str, *parts: str, limit: int = 63) -> str:
+    """``<run>-<parts>``, a DNS-1035 label of at most ``limit`` characters.
+
+    Services and RayJobs need a letter first, so a run named like ``7b-run`` gets an ``egt-``
+    prefix. A name over the limit keeps its stage suffix and trades the end of the run name for
+    8 hex digits of the run name's hash, so two long run names never collide.
+    """
+    suffix = "-" + "-".join(parts)
+    prefix = run if run[:1].isalpha() else f"egt-{run}"
+    if len(prefix) + len(suffix) <= limit:
+        return prefix + suffix
+    digest = hashlib.sha256(run.encode()).hexdigest()[:8]
+    keep = limit - len(suffix) - len(digest) - 1
+    return f"{prefix[:keep].rstrip('-')}-{digest}{suffix}"
+
+
+def labels(run: Run, stage: str | None = None) -> dict[str, str]:
+    """The labels of every child (and of its pods): who manages it, which run, which stage."""
+    found = {"app.kubernetes.io/managed-by": MANAGED_BY, RUN_LABEL: run.name}
+    return found | ({STAGE_LABEL: stage} if stage else {})
+
+
+def owner_reference(run: Run) -> dict[str, Any]:
+    """The run as controller of a child: deleting the run deletes the child (and its pods)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": run.name,
+        "uid": run.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(run: Run, name: str, stage: str | None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": run.namespace,
+        "labels": labels(run, stage),
+        "ownerReferences": [owner_reference(run)],
+    }
+
+
+def config_map(run: Run) -> dict[str, Any]:
+    """The resolved run file (every default spelled out), as every stage pod reads it.
+
+    Named after a digest of its content and immutable: a spec edited while a stage runs gets a new
+    ConfigMap, so pods that start later (probe shards beyond the parallelism) never read a
+    different run file from the pods already running. Rendering it again for the next stage gives
+    the same object (create answers 409: it exists). Of the resource's metadata only the name goes
+    into the file: the stages need nothing else (annotations and managed fields stay out).
+    """
+    text = dump_run(EGTRun(metadata={"name": run.name}, spec=run.spec))
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(run, child_name(run.name, "spec", digest), None),
+        "immutable": True,
+        "data": {"run.yaml": text},
+    }
+
+
+def resources(run: Run, stage: str) -> StageResources:
+    """The stage's pod resources from ``cluster.resources``, the spec's defaults where unlisted."""
+    return run.spec.cluster.resources.get(stage) or StageResources()
+
+
+def _env(run: Run, stage: str) -> list[dict[str, Any]]:
+    """The container environment: scratch locations, then credentials as Secret references.
+
+    HOME points at the scratch volume so every cache (the store's mirror under ~/.cache/egt,
+    DeepSpeed's compiled ops, Triton) is writable whichever user the image declares. S3 keys go to
+    every stage (they all read and write the store); an API key only to the stage that calls the
+    endpoint: the teacher's to annotate, the referee's to rl. The key inside ``teacher_secret`` is
+    the variable's own name (``api_key_env``). Metrics need no variable: stages read the
+    Pushgateway address (``metrics.pushgateway``) from the run file.
+    """
+    env = [
+        {"name": "HOME", "value": SCRATCH},
+        {"name": "EGT_WORKDIR", "value": f"{SCRATCH}/work"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},  # progress reaches `kubectl logs` as it happens
+    ]
+    cluster = run.spec.cluster
+    if cluster.s3_secret:
+        env += [
+            _secret_env(key, cluster.s3_secret, key) for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        ]
+    endpoint = {"annotate": run.spec.annotate.teacher, "rl": run.spec.rl.referee}.get(stage)
+    if endpoint is not None and endpoint.kind == "openai":
+        if not cluster.teacher_secret:
+            raise RenderError(
+                f"{stage} calls an OpenAI-compatible endpoint whose key ({endpoint.api_key_env}) reaches "
+                "pods only from a Secret: set cluster.teacher_secret"
+            )
+        env.append(_secret_env(endpoint.api_key_env, cluster.teacher_secret, endpoint.api_key_env))
+    return env
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _container(run: Run, stage: str, name: str, res: StageResources, command: list[str] | None) -> dict:
+    """One stage container: the trainer image, its resources, the run file and scratch mounted.
+
+    No CPU limit: throttling would slow data loading and collectives, and the scheduler places by
+    requests. Memory limit = request: a stage that outgrows its request fails on its own
+    (OOMKilled, a clear reason) instead of pushing the node into memory pressure, where the
+    kubelet evicts whichever pods use more than they requested.
+    ``FallbackToLogsOnError`` makes the last log line, the stage's one-line failure message
+    (jobs/entrypoint.py), the container's termination message, which the operator can report.
+    """
+    gpus = {GPU: str(res.gpus_per_node)} if res.gpus_per_node else {}
+    return {
+        "name": name,
+        "image": run.spec.cluster.image,
+        # No command for Ray containers: KubeRay supplies `ray start` itself.
+        **({"command": command} if command is not None else {}),
+        "env": _env(run, stage),
+        "resources": {
+            "requests": {"cpu": res.cpu, "memory": res.memory, **gpus},
+            "limits": {"memory": res.memory, **gpus},
+        },
+        "volumeMounts": [
+            {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
+            {"name": "scratch", "mountPath": SCRATCH},
+            *([{"name": "shm", "mountPath": "/dev/shm"}] if res.gpus_per_node else []),
+        ],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def _pod_template(run: Run, stage: str, container: dict, res: StageResources, **extra: Any) -> dict:
+    """A pod template around one container: non-root, never restarted, placed on GPU nodes if it has GPUs.
+
+    ``restartPolicy: Never``: a failed container fails its pod and so the child; the operator
+    decides about retries. The pod runs as a non-root user with the restricted Pod Security
+    profile, and without a service-account token (stages never call the Kubernetes API). GPU pods
+    get the spec's nodeSelector and tolerations and a memory-backed /dev/shm (NCCL, DataLoader
+    workers and Ray's object store need more than the runtime's 64 MiB default).
+    """
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        **extra,
+        "containers": [container],
+        "volumes": [
+            {"name": "spec", "configMap": {"name": config_map(run)["metadata"]["name"]}},
+            {"name": "scratch", "emptyDir": {}},
+            *([{"name": "shm", "emptyDir": {"medium": "Memory"}}] if res.gpus_per_node else []),
+        ],
+    }
+    cluster = run.spec.cluster
+    if res.gpus_per_node and cluster.node_selector:
+        spec["nodeSelector"] = dict(cluster.node_selector)
+    if res.gpus_per_node and cluster.tolerations:
+        spec["tolerations"] = [dict(toleration) for toleration in cluster.tolerations]
+    return {"metadata": {"labels": labels(run, stage)}, "spec": spec}
+
+
+def stage_command(stage: str) -> list[str]:
+    """What a one-process stage pod runs (jobs/<stage>.py)."""
+    return ["python", "-m", f"jobs.{stage}", "--spec", SPEC_PATH]
+
+
+def _job(
+    run: Run,
+    stage: str,
+    name: str,
+    command: list[str],
+    job: Mapping[str, Any] | None = None,
+    pod: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    res = resources(run, stage)
+    container = _container(run, stage, stage, res, command)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(run, name, stage),
+        "spec": {
+            **(job or {"backoffLimit": 0}),
+            "template": _pod_template(run, stage, container, res, **(pod or {})),
+        },
+    }
+
+
+def single_job(run: Run, stage: str) -> list[dict[str, Any]]:
+    """prepare, annotate, curate, evaluate: one pod running the stage's entrypoint."""
+    return [_job(run, stage, child_name(run.name, stage), stage_command(stage))]
+
+
+def sft(run: Run) -> list[dict[str, Any]]:
+    """SFT over ``nodes`` pods: a headless Service, then an Indexed Job running torchrun on each.
+
+    Pod ``i`` is node ``i`` (``--node-rank=$(JOB_COMPLETION_INDEX)``) and resolves as
+    ``<job>-<i>.<service>`` through the Service named in its ``subdomain``; pod 0 hosts the
+    rendezvous. ``publishNotReadyAddresses`` publishes those names before any pod is ready (these
+    pods have no readiness to report). torchrun starts one process per GPU (one on CPU-only
+    pods). Job and Service share one name; a single node gets the same shape, so there is one
+    code path. ``backoffLimit: 0`` fails the Job, and stops the other nodes, at the first failed
+    pod: one torchrun world cannot continue without a member.
+    """
+    res = resources(run, "sft")
+    # Pod hostnames are <job>-<index>: leave room for the index within a 63-character label.
+    name = child_name(run.name, "sft", limit=62 - len(str(res.nodes - 1)))
+    command = torchrun_command(
+        res.nodes, max(res.gpus_per_node, 1), f"{name}-0.{name}", DEFAULT_PORT, SPEC_PATH
+    )
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(run, name, "sft"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {RUN_LABEL: run.name, STAGE_LABEL: "sft"},
+            "ports": [{"name": "rendezvous", "port": DEFAULT_PORT, "targetPort": DEFAULT_PORT}],
+        },
+    }
+    indexed = {
+        "completionMode": "Indexed",
+        "completions": res.nodes,
+        "parallelism": res.nodes,
+        "backoffLimit": 0,
+    }
+    return [service, _job(run, "sft", name, command, indexed, {"subdomain": name})]
+
+
+def probe(run: Run) -> list[dict[str, Any]]:
+    """Probing as an Indexed Job: completion ``i`` is part ``i`` of ``probe.num_shards``.
+
+    ``python -m jobs.probe`` takes its part from ``JOB_COMPLETION_INDEX``. At most ``nodes`` parts
+    run at once. Parts are independent, so a failed part does not stop the others
+    (``backoffLimitPerIndex: 0``, no retry of any index, the Job fails when all have ended): a
+    retry by the operator then runs only the parts whose manifests are missing.
+    """
+    res = resources(run, "probe")
+    shards = run.spec.probe.num_shards
+    name = child_name(run.name, "probe", limit=62 - len(str(shards - 1)))
+    indexed = {
+        "completionMode": "Indexed",
+        "completions": shards,
+        "parallelism": min(res.nodes, shards),
+        "backoffLimitPerIndex": 0,
+    }
+    return [_job(run, "probe", name, stage_command("probe"), indexed)]
+
+
+def rl(run: Run) -> list[dict[str, Any]]:
+    """The RL stage as a KubeRay RayJob: the driver on a CPU head, actors on ``nodes`` GPU workers.
+
+    ``SidecarMode`` (KubeRay ≥ 1.5): the submitter runs as a container in the head pod, so it
+    shares the head's fate; a separate submitter Job (K8sJobMode) can be evicted on its own and
+    fail a healthy run, and retried submissions have collided with the running job. Ray runs the
+    entrypoint on the head, where the run file and credentials are, and sets ``RAY_ADDRESS`` for
+    it, so ``jobs.rl`` joins this cluster. The head starts with ``num-cpus: 0``: no actor lands
+    beside the driver. Workers advertise the GPUs and CPUs of their limits and requests (KubeRay
+    derives ``ray start`` resources from them). ``backoffLimit: 0``: the operator owns retries, and
+    rl resumes from its last checkpoint. The Ray cluster is deleted ``ttlSecondsAfterFinished``
+    after the job ends, freeing the GPUs.
+    """
+    res = resources(run, "rl")
+    head = _container(run, "rl", "ray-head", RAY_HEAD, None)
+    worker = _container(run, "rl", "ray-worker", res, None)
+    return [
+        {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayJob",
+            "metadata": _metadata(run, child_name(run.name, "rl", limit=RAYJOB_NAME_LIMIT), "rl"),
+            "spec": {
+                "entrypoint": " ".join(stage_command("rl")),
+                "submissionMode": "SidecarMode",
+                "backoffLimit": 0,
+                "shutdownAfterJobFinishes": True,
+                "ttlSecondsAfterFinished": RAY_CLUSTER_TTL_SECONDS,
+                "rayClusterSpec": {
+                    "rayVersion": RAY_VERSION,
+                    "headGroupSpec": {
+                        "rayStartParams": {"num-cpus": "0"},
+                        "template": _pod_template(run, "rl", head, RAY_HEAD),
+                    },
+                    "workerGroupSpecs": [
+                        {
+                            "groupName": "workers",
+                            "replicas": res.nodes,
+                            "minReplicas": res.nodes,
+                            "maxReplicas": res.nodes,
+                            "rayStartParams": {},
+                            "template": _pod_template(run, "rl", worker, res),
+                        }
+                    ],
+                },
+            },
+        }
+    ]
+
+
+_RENDERERS = {
+    "prepare": lambda run: single_job(run, "prepare"),
+    "annotate": lambda run: single_job(run, "annotate"),
+    "sft": sft,
+    "probe": probe,
+    "curate": lambda run: single_job(run, "curate"),
+    "rl": rl,
+    "evaluate": lambda run: single_job(run, "evaluate"),
+}

@@ -1,0 +1,404 @@
+"""A stage's children: valid Kubernetes objects, named, owned and labelled, and free of secret values.
+
+Built-in kinds are checked against Kubernetes' own schemas (kubernetes-validate, strict: unknown
+fields fail); the RayJob against the ray.io/v1 subset kept in egt_operator/schemas, and its pod
+templates against Kubernetes' PodTemplate schema.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+import egt_operator
+from egt.engines.distributed import DEFAULT_PORT
+from egt.spec import API_VERSION, STAGES, EGTRunSpec, SpecError, load_run, parse_run
+from egt_operator.children import (
+    RAY_VERSION,
+    SPEC_PATH,
+    RenderError,
+    Run,
+    child_name,
+    config_map,
+    render,
+    run_from_resource,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBERNETES = "1.33"
+RAYJOB_SCHEMA = json.loads((Path(egt_operator.__file__).parent / "schemas" / "rayjob-v1.json").read_text())
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+UID = "6f1c1e52-3d2c-4d7e-9a57-0c1d2e3f4a5b"
+SPEC_MOUNT = {"name": "spec", "mountPath": "/etc/egt", "readOnly": True}
+
+
+def example_spec(name: str) -> EGTRunSpec:
+    return load_run(ROOT / "examples" / name).spec
+
+
+def multi_node() -> EGTRunSpec:
+    """The paper's run spread out: SFT on 4 nodes, 8 probe shards on 3 nodes, RL on 2 worker nodes."""
+    spec = example_spec("egtrun.yaml").model_dump(mode="json")
+    resources = spec["cluster"]["resources"]
+    resources["sft"]["nodes"], resources["probe"]["nodes"], resources["rl"]["nodes"] = 4, 3, 2
+    return EGTRunSpec.model_validate(spec)
+
+
+RUNS = {
+    "tiny": lambda: Run("tiny-demo", "default", UID, example_spec("egtrun-tiny.yaml")),
+    "paper": lambda: Run("egt-qwen25vl-7b", "egt", UID, example_spec("egtrun.yaml")),
+    # a 63-character name (the longest a run may have) that starts with a digit
+    "multi-node": lambda: Run("7b-" + "x" * 58 + "-1", "egt", UID, multi_node()),
+}
+
+
+@pytest.fixture(params=list(RUNS))
+def run(request) -> Run:
+    return RUNS[request.param]()
+
+
+def everything(run: Run) -> list[dict[str, Any]]:
+    return [obj for stage in STAGES for obj in render(run, stage)]
+
+
+def only(objects: list[dict], kind: str) -> dict:
+    [found] = [obj for obj in objects if obj["kind"] == kind]
+    return found
+
+
+def pod_templates(obj: dict) -> list[dict]:
+    if obj["kind"] == "Job":
+        return [obj["spec"]["template"]]
+    if obj["kind"] == "RayJob":
+        cluster = obj["spec"]["rayClusterSpec"]
+        return [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
+    return []
+
+
+def containers(obj: dict) -> list[dict]:
+    return [c for template in pod_templates(obj) for c in template["spec"]["containers"]]
+
+
+def env(container: dict) -> dict[str, dict]:
+    return {item["name"]: item for item in container["env"]}
+
+
+# --- valid objects ---------------------------------------------------------------------------------------
+
+
+def test_every_child_validates(run):
+    for obj in everything(run):
+        if obj["apiVersion"] == "ray.io/v1":
+            jsonschema.validate(obj, RAYJOB_SCHEMA)
+            for template in pod_templates(obj):
+                pod_template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}}
+                kubernetes_validate.validate({**pod_template, "template": template}, KUBERNETES, strict=True)
+        else:
+            kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+
+
+def test_the_validators_reject_unknown_fields():
+    # Guards the test above: strict validation and the RayJob schema both refuse fields they do not know.
+    run = RUNS["paper"]()
+    job = only(render(run, "curate"), "Job")
+    job["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError, match="gpus"):
+        kubernetes_validate.validate(job, KUBERNETES, strict=True)
+    rayjob = only(render(run, "rl"), "RayJob")
+    rayjob["spec"]["submitterConfig"] = {"backoffLimit": 2}
+    with pytest.raises(jsonschema.ValidationError, match="submitterConfig"):
+        jsonschema.validate(rayjob, RAYJOB_SCHEMA)
+
+
+def test_children_per_stage_in_creation_order(run):
+    kinds = {stage: [obj["kind"] for obj in render(run, stage)] for stage in STAGES}
+    assert kinds == {
+        "prepare": ["ConfigMap", "Job"],
+        "annotate": ["ConfigMap", "Job"],
+        "sft": ["ConfigMap", "Service", "Job"],
+        "probe": ["ConfigMap", "Job"],
+        "curate": ["ConfigMap", "Job"],
+        "rl": ["ConfigMap", "RayJob"],
+        "evaluate": ["ConfigMap", "Job"],
+    }
+
+
+def test_unknown_stage():
+    with pytest.raises(ValueError, match="unknown stage 'train'"):
+        render(RUNS["tiny"](), "train")
+
+
+# --- names, owners, labels -------------------------------------------------------------------------------
+
+
+def test_names_are_deterministic_dns_labels(run):
+    first, again = everything(run), everything(run)
+    assert first == again
+    for obj in first:
+        name = obj["metadata"]["name"]
+        assert DNS_1035.match(name) and len(name) <= 63, name
+        assert obj["metadata"]["namespace"] == run.namespace
+    assert len(only(render(run, "rl"), "RayJob")["metadata"]["name"]) <= 47  # KubeRay's limit
+    for stage in ("sft", "probe"):
+        job = only(render(run, stage), "Job")  # pod hostnames <job>-<index> are labels too
+        assert len(f"{job['metadata']['name']}-{job['spec']['completions'] - 1}") <= 63
+
+
+def test_child_names():
+    assert child_name("tiny-demo", "sft") == "tiny-demo-sft"
+    assert child_name("7b", "rl") == "egt-7b-rl"  # Services and RayJobs need a letter first
+    long_a, long_b = "a" * 60 + "-one", "a" * 60 + "-two"
+    name_a, name_b = child_name(long_a, "probe"), child_name(long_b, "probe")
+    assert len(name_a) == len(name_b) == 63 and name_a != name_b
+    assert name_a.endswith("-probe") and name_a.startswith("a" * 40)
+    assert len(child_name(long_a, "rl", limit=47)) == 47
+
+
+def test_owned_by_the_run_and_labelled(run):
+    owner = {
+        "apiVersion": API_VERSION,
+        "kind": "EGTRun",
+        "name": run.name,
+        "uid": UID,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    for stage in STAGES:
+        for obj in render(run, stage):
+            assert obj["metadata"]["ownerReferences"] == [owner]
+            labels = obj["metadata"]["labels"]
+            assert labels["app.kubernetes.io/managed-by"] == "egt-operator"
+            assert labels["egt.dev/run"] == run.name
+            if obj["kind"] != "ConfigMap":  # shared by the stages
+                assert labels["egt.dev/stage"] == stage
+            for template in pod_templates(obj):
+                assert template["metadata"]["labels"] == labels
+
+
+# --- the run file and credentials ---------------------------------------------------------------------------
+
+
+def test_config_map_holds_the_resolved_run(run):
+    cm = config_map(run)
+    assert cm["immutable"] is True
+    resolved = parse_run(yaml.safe_load(cm["data"]["run.yaml"]))
+    assert resolved.name == run.name and resolved.spec == run.spec
+    assert SPEC_PATH == "/etc/egt/run.yaml"
+    for stage in STAGES:
+        for obj in render(run, stage)[1:]:
+            for template in pod_templates(obj):
+                volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+                assert volumes["spec"]["configMap"]["name"] == cm["metadata"]["name"]
+                for container in template["spec"]["containers"]:
+                    assert SPEC_MOUNT in container["volumeMounts"]
+
+
+def test_an_edited_spec_gets_a_new_config_map():
+    run, same = RUNS["paper"](), RUNS["paper"]()  # parsed twice from the file
+    assert config_map(same)["metadata"]["name"] == config_map(run)["metadata"]["name"]
+    spec = run.spec.model_dump(mode="json")
+    spec["curate"]["keep"] = 2000
+    changed = Run(run.name, run.namespace, run.uid, EGTRunSpec.model_validate(spec))
+    assert config_map(changed)["metadata"]["name"] != config_map(run)["metadata"]["name"]
+
+
+def test_no_secret_value_is_ever_rendered(run, monkeypatch):
+    fakes = {
+        "AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKE0001",
+        "AWS_SECRET_ACCESS_KEY": "fake-s3-secret-value-0123456789",
+        "TEACHER_API_KEY": "sk-fake-teacher-key-0123456789",
+        "REFEREE_API_KEY": "sk-fake-referee-key-0123456789",
+        "OPENAI_API_KEY": "sk-fake-openai-key-0123456789",
+    }
+    for name, value in fakes.items():
+        monkeypatch.setenv(name, value)
+    text = yaml.safe_dump_all(everything(run))
+    for value in fakes.values():
+        assert value not in text
+    for obj in everything(run):
+        for container in containers(obj):
+            for name, item in env(container).items():
+                if name in fakes:
+                    assert set(item) == {"name", "valueFrom"} and "secretKeyRef" in item["valueFrom"], item
+
+
+def test_credentials_come_from_the_named_secrets():
+    run = RUNS["paper"]()
+    s3 = {"name": "egt-s3", "key": "AWS_SECRET_ACCESS_KEY"}
+    for stage in STAGES:
+        for container in containers(render(run, stage)[-1]):
+            variables = env(container)
+            assert variables["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == s3
+            # an API key only where its endpoint is called
+            assert ("TEACHER_API_KEY" in variables) == (stage == "annotate")
+            assert ("REFEREE_API_KEY" in variables) == (stage == "rl")
+    [annotate] = containers(render(run, "annotate")[-1])
+    teacher = {"name": "egt-teacher", "key": "TEACHER_API_KEY"}
+    assert env(annotate)["TEACHER_API_KEY"]["valueFrom"]["secretKeyRef"] == teacher
+    # the tiny demo names no Secret, and needs none
+    for obj in everything(RUNS["tiny"]()):
+        for container in containers(obj):
+            assert not any("valueFrom" in item for item in container["env"])
+
+
+def test_an_openai_teacher_needs_the_teacher_secret():
+    spec = example_spec("egtrun.yaml").model_dump(mode="json")
+    spec["cluster"]["teacher_secret"] = None
+    run = Run("paper", "egt", UID, EGTRunSpec.model_validate(spec))
+    with pytest.raises(RenderError, match=r"cluster\.teacher_secret"):
+        render(run, "annotate")
+    render(run, "sft")  # stages that call no endpoint do not need it
+
+
+# --- placement, resources, pods ----------------------------------------------------------------------------
+
+
+def test_gpu_stages_get_gpus_placement_and_shared_memory():
+    run = RUNS["paper"]()
+    for stage in ("sft", "probe", "evaluate"):
+        template = pod_templates(render(run, stage)[-1])[0]
+        [container] = template["spec"]["containers"]
+        memory = run.spec.cluster.resources[stage].memory
+        assert container["resources"]["limits"] == {"memory": memory, "nvidia.com/gpu": "8"}
+        assert container["resources"]["requests"]["nvidia.com/gpu"] == "8"
+        assert template["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H20"}
+        assert template["spec"]["tolerations"] == [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+        assert {"name": "shm", "emptyDir": {"medium": "Memory"}} in template["spec"]["volumes"]
+    for stage in ("prepare", "annotate", "curate"):  # CPU stages stay off the GPU nodes
+        template = pod_templates(render(run, stage)[-1])[0]
+        assert "nodeSelector" not in template["spec"] and "tolerations" not in template["spec"]
+        [container] = template["spec"]["containers"]
+        assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    annotate = pod_templates(render(run, "annotate")[-1])[0]["spec"]["containers"][0]
+    assert annotate["resources"]["requests"] == {"cpu": "4", "memory": "16Gi"}  # from cluster.resources
+    curate = pod_templates(render(run, "curate")[-1])[0]["spec"]["containers"][0]
+    assert curate["resources"]["requests"] == {"cpu": "2", "memory": "8Gi"}  # unlisted: the defaults
+
+
+def test_pods_are_non_root_and_never_restarted(run):
+    for obj in everything(run):
+        if obj["kind"] == "Job":
+            assert obj["spec"].get("backoffLimit", 0) == 0 and obj["spec"].get("backoffLimitPerIndex", 0) == 0
+        for template in pod_templates(obj):
+            pod = template["spec"]
+            assert pod["restartPolicy"] == "Never"
+            assert pod["automountServiceAccountToken"] is False
+            assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
+            for container in pod["containers"]:
+                assert container["securityContext"]["allowPrivilegeEscalation"] is False
+                assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+                assert container["image"] == run.spec.cluster.image
+
+
+def test_one_pod_stages_run_their_entrypoints(run):
+    for stage in ("prepare", "annotate", "curate", "evaluate"):
+        job = only(render(run, stage), "Job")
+        assert "completionMode" not in job["spec"] and job["spec"]["backoffLimit"] == 0
+        [container] = job["spec"]["template"]["spec"]["containers"]
+        assert container["command"] == ["python", "-m", f"jobs.{stage}", "--spec", SPEC_PATH]
+        assert importlib.util.find_spec(f"jobs.{stage}") is not None
+
+
+# --- sft: torchrun over an Indexed Job --------------------------------------------------------------------
+
+
+def test_sft_indexed_job_and_headless_service():
+    run = RUNS["multi-node"]()
+    service, job = render(run, "sft")[1:]
+    name = job["metadata"]["name"]
+    assert service["metadata"]["name"] == name
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    pod = job["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert pod["spec"]["subdomain"] == name
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 4
+    command = pod["spec"]["containers"][0]["command"]
+    assert command[0] == "torchrun"
+    # MASTER_ADDR: pod 0 of the Indexed Job, through the headless Service
+    assert f"--master-addr={name}-0.{name}" in command
+    assert f"--master-port={DEFAULT_PORT}" in command
+    assert {"--nnodes=4", "--nproc-per-node=8", "--node-rank=$(JOB_COMPLETION_INDEX)"} <= set(command)
+    assert command[-4:] == ["-m", "jobs.sft", "--spec", SPEC_PATH]
+
+
+def test_sft_on_cpu_runs_one_process():
+    command = render(RUNS["tiny"](), "sft")[-1]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--nnodes=1" in command and "--nproc-per-node=1" in command
+
+
+# --- probe: one completion per shard ------------------------------------------------------------------------
+
+
+def test_probe_indexed_job():
+    run = RUNS["multi-node"]()
+    job = only(render(run, "probe"), "Job")
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == run.spec.probe.num_shards == 8
+    assert job["spec"]["parallelism"] == 3
+    assert job["spec"]["backoffLimitPerIndex"] == 0 and "backoffLimit" not in job["spec"]
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    # the part comes from JOB_COMPLETION_INDEX, which jobs/entrypoint.py reads itself
+    assert container["command"] == ["python", "-m", "jobs.probe", "--spec", SPEC_PATH]
+    one_shard = only(render(RUNS["tiny"](), "probe"), "Job")
+    assert one_shard["spec"]["completions"] == one_shard["spec"]["parallelism"] == 1
+
+
+# --- rl: a RayJob ------------------------------------------------------------------------------------
+
+
+def test_rl_rayjob():
+    run = RUNS["multi-node"]()
+    rayjob = only(render(run, "rl"), "RayJob")
+    spec = rayjob["spec"]
+    assert spec["entrypoint"] == f"python -m jobs.rl --spec {SPEC_PATH}"
+    assert spec["submissionMode"] == "SidecarMode" and spec["backoffLimit"] == 0
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
+    head = spec["rayClusterSpec"]["headGroupSpec"]
+    [workers] = spec["rayClusterSpec"]["workerGroupSpecs"]
+    # KubeRay rejects SidecarMode with a head restartPolicy other than Never, or a submitter config
+    assert head["template"]["spec"]["restartPolicy"] == "Never"
+    assert "submitterConfig" not in spec and "submitterPodTemplate" not in spec
+    assert head["rayStartParams"] == {"num-cpus": "0"}
+    [head_container] = head["template"]["spec"]["containers"]
+    assert "nvidia.com/gpu" not in head_container["resources"]["limits"]
+    assert "command" not in head_container  # KubeRay writes `ray start`
+    assert workers["replicas"] == workers["minReplicas"] == workers["maxReplicas"] == 2
+    [worker] = workers["template"]["spec"]["containers"]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert workers["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H20"}
+    # the driver runs on the head: the run file is mounted there
+    assert SPEC_MOUNT in head_container["volumeMounts"]
+
+
+def test_ray_version_is_the_pinned_ray():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pins = [p for p in pyproject["project"]["optional-dependencies"]["train"] if p.startswith("ray==")]
+    assert pins == [f"ray=={RAY_VERSION}"]
+    assert RAYJOB_SCHEMA["x-kuberay-version"] in RAYJOB_SCHEMA["$comment"]
+
+
+# --- from the custom resource -------------------------------------------------------------------------------
+
+
+def test_run_from_resource():
+    body = yaml.safe_load((ROOT / "examples" / "egtrun.yaml").read_text())
+    body["metadata"] |= {"namespace": "egt", "uid": UID, "generation": 3, "annotations": {"a": "b"}}
+    run = run_from_resource(body)
+    assert (run.name, run.namespace, run.uid) == ("egt-qwen25vl-7b", "egt", UID)
+    assert run.spec == example_spec("egtrun.yaml")
+    assert "annotations" not in config_map(run)["data"]["run.yaml"]
+    body["spec"]["curate"]["strategy"] = "entropi"
+    with pytest.raises(SpecError, match=r"curate\.strategy"):
+        run_from_resource(body)
