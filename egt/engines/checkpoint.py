@@ -1,21 +1,28 @@
-"""Resumable training checkpoints in the artifact store.
+"""Resumable DeepSpeed checkpoints in the artifact store (the SFT ranks and the RL learners).
 
-A checkpoint is one torch file (model, optimizer, RNG states, and whatever position the trainer
-needs: the step, the curriculum index) plus ``latest.json`` written after it, so a reader never
-sees a half-uploaded checkpoint. Only the newest is kept: the final model is saved separately.
+A checkpoint is DeepSpeed's own (module weights from rank 0, the optimizer state sharded per rank)
+plus the trainer's position (``client``: the step, and whatever the trainer needs to continue the
+same data order) and rank 0's RNG state (DeepSpeed keeps client state in rank 0's file; every rank
+restores it), under ``<prefix>/step-N/``. ``latest.json`` is written
+after every rank has uploaded, so a reader never sees a checkpoint with a shard missing. Only the
+newest is kept: the final model is saved separately.
 """
 
 from __future__ import annotations
 
-import io
 import random
+import re
+import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from egt.engines.distributed import World, barrier
 from egt.storage.store import ArtifactStore
 
 LATEST = "latest.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def rng_state() -> dict[str, Any]:
@@ -32,42 +39,73 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _tag(step: int) -> str:
+    return f"step-{step:07d}"
+
+
 def save_checkpoint(
+    engine,
     store: ArtifactStore,
     prefix: str,
     step: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    extra: dict[str, Any],
+    client: dict[str, Any],
+    local_dir: Path,
+    world: World,
 ) -> str:
-    """Upload the checkpoint of ``step``, then point ``latest.json`` at it, then drop older ones."""
-    buffer = io.BytesIO()
-    payload = {
-        "step": step,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "rng": rng_state(),
-        "extra": extra,
-    }
-    torch.save(payload, buffer)
-    key = f"{prefix}/step-{step:07d}.pt"
-    store.write_bytes(key, buffer.getvalue())
-    previous = store.read_json(f"{prefix}/{LATEST}")["key"] if store.exists(f"{prefix}/{LATEST}") else None
-    store.write_json(f"{prefix}/{LATEST}", {"key": key, "step": step})
-    if previous and previous != key and store.exists(previous):
-        store.delete(previous)
-    return key
+    """DeepSpeed's checkpoint of ``step`` under ``<prefix>/step-N/``; returns that key prefix.
+
+    Every rank must call this. Each writes its own files into a directory of its own and uploads
+    them; after a barrier rank 0 points ``latest.json`` at the step, then drops older steps.
+    """
+    tag = _tag(step)
+    own = Path(local_dir) / f"rank-{world.rank}"
+    state = {"client": {"step": step, **client}, "rng": rng_state()}
+    engine.save_checkpoint(str(own), tag=tag, client_state=state, save_latest=False)
+    store.upload_dir(own / tag, f"{prefix}/{tag}")
+    shutil.rmtree(own / tag, ignore_errors=True)
+    barrier()
+    if world.is_main:
+        store.write_json(f"{prefix}/{LATEST}", {"tag": tag, "step": step, "world_size": world.world_size})
+        # Only older steps: nothing newer can exist yet (every rank is past this step's barrier).
+        old = {key.split("/")[0] for key in (k[len(prefix) + 1 :] for k in store.list(prefix))}
+        for name in sorted(old):
+            match = _STEP_DIR.match(name)
+            if match and int(match.group(1)) < step:
+                store.delete_prefix(f"{prefix}/{name}/")
+    return f"{prefix}/{tag}"
 
 
-def load_latest(store: ArtifactStore, prefix: str) -> dict[str, Any] | None:
-    """The newest checkpoint under ``prefix``, or None when there is none yet."""
+def load_checkpoint(
+    engine, store: ArtifactStore, prefix: str, local_dir: Path, world: World
+) -> dict[str, Any] | None:
+    """Restore the newest checkpoint into ``engine`` and this rank's RNG; returns its ``client`` dict.
+
+    None when there is none yet. Every rank must call this. The first process of each node
+    downloads the step into a directory named after it, which the node's processes then load from
+    (DeepSpeed reads its own rank's optimizer shard only).
+    """
     if not store.exists(f"{prefix}/{LATEST}"):
         return None
-    key = store.read_json(f"{prefix}/{LATEST}")["key"]
-    return torch.load(io.BytesIO(store.read_bytes(key)), map_location="cpu", weights_only=False)
-
-
-def resume(payload: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    restore_rng(payload["rng"])
+    latest = store.read_json(f"{prefix}/{LATEST}")
+    if latest["world_size"] != world.world_size:
+        raise ValueError(
+            f"checkpoint {store.uri_for(prefix)}/{latest['tag']} was written by {latest['world_size']} "
+            f"processes; this run has {world.world_size}. ZeRO shards its optimizer state per process: "
+            "resume with the same number of processes, or delete the checkpoints to start over"
+        )
+    tag = latest["tag"]
+    node_dir = Path(local_dir) / f"resume-{world.rank - world.local_rank}"  # the node's first rank
+    if world.local_rank == 0:
+        shutil.rmtree(node_dir, ignore_errors=True)
+        store.download_dir(f"{prefix}/{tag}", node_dir / tag)
+    barrier()
+    path, state = engine.load_checkpoint(
+        str(node_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
+    )
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load the checkpoint {store.uri_for(prefix)}/{tag}")
+    barrier()
+    if world.local_rank == 0:
+        shutil.rmtree(node_dir, ignore_errors=True)
+    restore_rng(state["rng"])
+    return state["client"]

@@ -24,6 +24,7 @@ for code that runs without torch (the stage wrapper deciding who writes the mani
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -139,6 +140,25 @@ def all_reduce_sum(value: float) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return float(tensor.item())
+
+
+def rank_micro_batches(
+    count: int, current: World, micro_batch_size: int, slots: int | None = None
+) -> list[list[int]]:
+    """This rank's positions of a ``count``-long batch, in micro-batches, the same number on every rank.
+
+    Rank ``r`` takes every ``world_size``-th position from ``r``. Every rank gets ``slots``
+    micro-batches (default: the most any rank needs), the tail of them empty where its share ran
+    out: forward and backward passes are collective under ZeRO (gradient reductions, ZeRO-3's
+    parameter gathers), so a rank with nothing left runs a padding pass that contributes nothing.
+    """
+    share = list(range(current.rank, count, current.world_size))
+    batches = [share[start : start + micro_batch_size] for start in range(0, len(share), micro_batch_size)]
+    most = math.ceil(count / current.world_size)  # rank 0's share, the largest
+    needed = slots if slots is not None else math.ceil(most / micro_batch_size)
+    if len(batches) > needed:
+        raise ValueError(f"{len(batches)} micro-batches of this rank do not fit in {needed} slots")
+    return batches + [[] for _ in range(needed - len(batches))]
 
 
 def torchrun_command(

@@ -70,6 +70,12 @@ class HFJudge:
             dtype = "float32"  # CPU kernels for bf16 generation are slow and less exact
         return cls(load_model(model_dir, dtype, device), load_processor(model_dir), device)
 
+    def save(self, out_dir: str | Path) -> None:
+        """The model, processor and tokenizer as a Hugging Face folder (what from_dir loads)."""
+        self.model.save_pretrained(out_dir)
+        self.processor.save_pretrained(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
+
     # ---- prompts -------------------------------------------------------------------------------
     def prompt_text(self, item: JudgeInput) -> str:
         messages = judge_messages(item.question, item.response_1, item.response_2, len(item.images))

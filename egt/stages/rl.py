@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Sequence
 
+from egt.engines.deepspeed_engine import require_images
 from egt.engines.hf import JudgeInput
 from egt.engines.rl import Learner, RolloutWorker, advantages, pad, score_rollouts
 from egt.referee import ChatReferee, Referee, RulesReferee
@@ -89,44 +90,65 @@ def unsplit(chunks: list[list], total: int) -> list:
 
 
 class RLDriver:
-    """The Ray side of the rl stage: one learner, N rollout workers, checkpoints in the store."""
+    """The Ray side of the rl stage: N learner ranks, M rollout workers, checkpoints in the store."""
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx, self.spec = ctx, ctx.spec.rl
-        self.ray = connect_ray(actors=1 + self.spec.rollout_workers)
+        spec, model = self.spec, ctx.spec.model
+        self.ray = connect_ray(actors=spec.learner_workers + spec.rollout_workers)
         policy_dir = str(model_dir(ctx, "sft"))
-        model = ctx.spec.model
         gpu = {"num_gpus": 1} if model.device in ("cuda", "auto") and _cuda() else {}
-        self.learner = (
+        self.learners = [
             self.ray.remote(Learner)
             .options(num_cpus=1, **gpu)
-            .remote(policy_dir, self.spec.model_dump(mode="json"), model.dtype, model.device)
-        )
-        self.workers = [
-            self.ray.remote(RolloutWorker)
-            .options(num_cpus=1, **gpu)
-            .remote(policy_dir, model.dtype, model.device)
-            for _ in range(self.spec.rollout_workers)
+            .remote(policy_dir, spec.model_dump(mode="json"), model.dtype, model.device)
+            for _ in range(spec.learner_workers)
         ]
+        self.workers = [self._rollout_worker(policy_dir, gpu) for _ in range(spec.rollout_workers)]
         try:
             self.ray.get(
-                [a.ready.remote() for a in [self.learner, *self.workers]], timeout=ACTOR_START_TIMEOUT
+                [a.ready.remote() for a in [*self.learners, *self.workers]], timeout=ACTOR_START_TIMEOUT
             )
         except self.ray.exceptions.GetTimeoutError:
             self.close()
             raise RuntimeError(
-                f"rl: the learner and {len(self.workers)} rollout workers did not start within "
-                f"{ACTOR_START_TIMEOUT}s; the Ray cluster lacks the CPUs/GPUs they ask for "
+                f"rl: {len(self.learners)} learners and {len(self.workers)} rollout workers did not start "
+                f"within {ACTOR_START_TIMEOUT}s; the Ray cluster lacks the CPUs/GPUs they ask for "
                 f"({self.ray.available_resources()} available)"
             ) from None
-        self.referee = make_referee(self.spec.referee)
+        address = self.ray.get(self.learners[0].rendezvous.remote()) if len(self.learners) > 1 else None
+        self.on_learners("join", *[(rank, len(self.learners), address) for rank in range(len(self.learners))])
+        self.referee = make_referee(spec.referee)
         self.images = ImageLoader(ctx.spec.store.endpoint_url)
         self.checkpoints = ctx.key("checkpoints")
         self.store_root, self.endpoint = ctx.store.uri_for(""), ctx.spec.store.endpoint_url
 
+    def _rollout_worker(self, policy_dir: str, gpu: dict):
+        model = self.ctx.spec.model
+        if self.spec.rollout_engine == "vllm":
+            from egt.engines.vllm_rollout import VLLMRolloutWorker
+
+            actor = self.ray.remote(VLLMRolloutWorker).options(num_cpus=1, **gpu)
+            return actor.remote(policy_dir, model.dtype, model.device, self.spec.vllm.model_dump(mode="json"))
+        return (
+            self.ray.remote(RolloutWorker)
+            .options(num_cpus=1, **gpu)
+            .remote(policy_dir, model.dtype, model.device)
+        )
+
+    def on_learners(self, method: str, *per_rank_args: tuple, args: tuple = ()) -> list:
+        """Call ``method`` on every learner rank at once (their collectives must line up); results by rank.
+
+        ``per_rank_args`` gives each rank its own arguments; otherwise all get ``args``.
+        """
+        calls = per_rank_args or [args] * len(self.learners)
+        return self.ray.get(
+            [getattr(learner, method).remote(*a) for learner, a in zip(self.learners, calls, strict=True)]
+        )
+
     def resume(self) -> tuple[int, list[dict]]:
         """(steps done, their history) from the newest checkpoint; rollout workers get its weights."""
-        resumed = self.ray.get(self.learner.resume.remote(self.store_root, self.endpoint, self.checkpoints))
+        resumed = self.on_learners("resume", args=(self.store_root, self.endpoint, self.checkpoints))[0]
         if not resumed:
             return 0, []
         log.info("rl: resuming after step %d", resumed["step"])
@@ -134,31 +156,41 @@ class RLDriver:
         return resumed["step"], resumed["history"]
 
     def sync(self) -> None:
-        """Learner weights to every rollout worker (one object in the Ray store, fetched by each)."""
-        weights = self.learner.weights.remote()
-        self.ray.get([w.set_weights.remote(weights) for w in self.workers])
+        """Learner weights to every rollout worker: rank 0's state dict is one object in the Ray store,
+        fetched by each worker (the other ranks take part in ZeRO-3's gather and return None)."""
+        weights = [learner.weights.remote() for learner in self.learners]
+        self.ray.get([w.set_weights.remote(weights[0]) for w in self.workers] + weights[1:])
+
+    def logprobs(self, items: list[JudgeInput], completions: list[list[int]]):
+        """log π_old and log π_ref (or None) of every completion, joined from the ranks' shares."""
+        joined: dict[int, tuple] = {}
+        for share in self.on_learners("logprobs", args=(items, completions)):
+            joined.update(share)
+        old = [joined[i][0] for i in range(len(items))]
+        ref = [joined[i][1] for i in range(len(items))]
+        return old, (ref if ref and ref[0] is not None else None)
 
     def step(self, batch: list[dict], step: int) -> dict:
         return rl_step(self, batch, step)
 
     def checkpoint(self, step: int, history: list[dict]) -> None:
-        self.ray.get(
-            self.learner.save_checkpoint.remote(
-                self.store_root, self.endpoint, self.checkpoints, step, {"history": history}
-            )
+        self.on_learners(
+            "save_checkpoint",
+            args=(self.store_root, self.endpoint, self.checkpoints, step, {"history": history}),
         )
 
-    def save_model(self, out_dir: str) -> None:
-        self.ray.get(self.learner.save_model.remote(out_dir))
+    def save_model(self, key: str) -> None:
+        self.on_learners("save_model", args=(self.store_root, self.endpoint, key))
 
     def close(self) -> None:
-        for actor in [self.learner, *self.workers]:
+        for actor in [*self.learners, *self.workers]:
             self.ray.kill(actor)
 
 
 def run(ctx: StageContext) -> StageResult:
     spec = ctx.spec.rl
     curated = read_records(ctx.store, ctx.upstream_output("curate", "curated"))
+    require_images([len(r["images"]) for r in curated], spec.learner_workers, "rl")
     total_steps = spec.epochs * math.ceil(len(curated) / spec.global_batch_size)
     if spec.max_steps is not None:
         total_steps = min(total_steps, spec.max_steps)
@@ -178,11 +210,9 @@ def run(ctx: StageContext) -> StageResult:
                 progress.set_postfix(reward=f"{record['reward_mean']:.3f}", acc=f"{record['accuracy']:.2f}")
                 if (step + 1) % spec.checkpoint_every_steps == 0 and step + 1 < total_steps:
                     driver.checkpoint(step + 1, history)
-        final = ctx.workdir / "model"
-        driver.save_model(str(final))
+        driver.save_model(ctx.key("model"))
     finally:
         driver.close()
-    ctx.store.upload_dir(final, ctx.key("model"))
     ctx.store.write_text(ctx.key("history.json"), json.dumps(history))
     last = history[-1] if history else {}
     return StageResult(
@@ -202,7 +232,7 @@ def rl_step(driver: RLDriver, batch: list[dict], step: int) -> dict:
     The log line includes the wall time of each phase (rollout, referee, reference = π_old/π_ref
     log-probabilities, learning, sync), which is where a step's time goes.
     """
-    ray, spec, learner, workers = driver.ray, driver.spec, driver.learner, driver.workers
+    ray, spec, workers = driver.ray, driver.spec, driver.workers
     prompts = [r for r in batch for _ in range(spec.rollouts_per_prompt)]
     items: list[JudgeInput] = [judge_input(r, driver.images) for r in prompts]
     timer = PhaseTimer()
@@ -219,7 +249,7 @@ def rl_step(driver: RLDriver, batch: list[dict], step: int) -> dict:
     completions = [g.token_ids for g in generations]
     scored = score_rollouts(texts, [r["label"] for r in prompts], driver.referee.judge_many(texts), spec)
     timer.lap("referee")
-    old, ref = ray.get(learner.logprobs.remote(items, completions))
+    old, ref = driver.logprobs(items, completions)
     timer.lap("reference")
     width = max(len(c) for c in completions)
     adv, _, adv_stats = advantages(
@@ -229,7 +259,7 @@ def rl_step(driver: RLDriver, batch: list[dict], step: int) -> dict:
         pad(old, width),
         pad(ref, width) if ref is not None else None,
     )
-    stats = ray.get(learner.update.remote(items, completions, adv, old))
+    stats = driver.on_learners("update", args=(items, completions, adv, old))[0]
     timer.lap("learning")
     driver.sync()
     timer.lap("sync")

@@ -14,6 +14,7 @@ import logging
 
 import torch
 
+from egt.engines.deepspeed_engine import require_images
 from egt.engines.distributed import World, process_group, world
 from egt.engines.hf import HFJudge, JudgeInput, resolve_device
 from egt.engines.sft import (
@@ -75,6 +76,7 @@ def train_stage(ctx: StageContext, current: World) -> StageResult:
     ]
     if not records:
         raise ValueError("sft: the annotate stage kept no trajectory; nothing to train on")
+    require_images([len(r["images"]) for r in records], current.world_size, "sft")
     judge = HFJudge.from_dir(model_dir(ctx, "prepare"), ctx.spec.model.dtype, ctx.spec.model.device)
     torch.manual_seed(spec.seed)
     # Every rank builds every example: each needs the whole list to cut the same global batches.

@@ -84,9 +84,10 @@ LABELS = [1, 2, 1, 1]
 
 
 def _learner(sharp_dir, **spec) -> Learner:
-    return Learner(
-        str(sharp_dir), {"micro_batch_size": 2, "learning_rate": 1e-2, **spec}, "float32", "cpu", threads=1
-    )
+    spec = {"micro_batch_size": 2, "learning_rate": 1e-2, "gradient_checkpointing": False, **spec}
+    learner = Learner(str(sharp_dir), spec, "float32", "cpu", threads=1)
+    learner.join()  # a world of 1
+    return learner
 
 
 def _batch(learner: Learner):
@@ -95,14 +96,15 @@ def _batch(learner: Learner):
     scored = score_rollouts(TEXTS, LABELS, [1, 0, 0, 0], learner.spec)
     assert [s.reward for s in scored] == [2.0, 1.5, 1.0, 0.0]
     values, _, _ = advantages([s.reward for s in scored], [len(c) for c in completions], learner.spec)
-    old, ref = learner.logprobs(ITEMS, completions)
-    assert ref is None  # no KL penalty, no reference model
+    by_position = learner.logprobs(ITEMS, completions)
+    assert sorted(by_position) == [0, 1, 2, 3]  # a world of 1 scores the whole batch
+    old = [by_position[i][0] for i in range(4)]
+    assert all(by_position[i][1] is None for i in range(4))  # no KL penalty, no reference model
     assert [len(row) for row in old] == [len(c) for c in completions]
     return completions, values, old
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    # Learner.weights() shares storage with the live parameters: clone to keep a "before".
     return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
 
 
