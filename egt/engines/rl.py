@@ -35,7 +35,7 @@ from egt.engines.distributed import World, all_reduce_sum, barrier, rank_micro_b
 from egt.engines.hf import Generation, HFJudge, JudgeInput
 from egt.judge import is_well_formed, parse_answer
 from egt.spec import RLSpec
-from egt.storage.store import open_store
+from egt.storage.store import local_folder, open_store
 
 
 def pad(rows: Sequence[Sequence[float]], width: int) -> torch.Tensor:
@@ -51,11 +51,22 @@ def completion_mask(lengths: Sequence[int]) -> torch.Tensor:
 
 
 class RolloutWorker:
-    """Holds a copy of the policy and samples outputs with it."""
+    """Holds a copy of the policy and samples outputs with it.
 
-    def __init__(self, model_dir: str, dtype: str, device: str, threads: int | None = None) -> None:
+    ``model`` is a folder, local or a file:// / s3:// URI: the actor fetches it itself, because on a
+    cluster it runs on another node than the driver that names it.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        dtype: str,
+        device: str,
+        threads: int | None = None,
+        endpoint_url: str | None = None,
+    ) -> None:
         torch.set_num_threads(threads or os.cpu_count() or 1)
-        self.judge = HFJudge.from_dir(model_dir, dtype, device)
+        self.judge = HFJudge.from_dir(local_folder(model, endpoint_url), dtype, device)
 
     def ready(self) -> bool:
         return True
@@ -137,12 +148,20 @@ class Learner:
     """
 
     def __init__(
-        self, model_dir: str, spec: dict, dtype: str, device: str, threads: int | None = None
+        self,
+        model: str,
+        spec: dict,
+        dtype: str,
+        device: str,
+        threads: int | None = None,
+        endpoint_url: str | None = None,
     ) -> None:
+        """``model``: as for :class:`RolloutWorker`, a local folder or a URI the actor fetches."""
         torch.set_num_threads(threads or os.cpu_count() or 1)
         self.spec = RLSpec.model_validate(spec)
-        self.judge = HFJudge.from_dir(model_dir, dtype, device)
-        self.reference = HFJudge.from_dir(model_dir, dtype, device) if self.spec.kl_coef > 0 else None
+        folder = local_folder(model, endpoint_url)
+        self.judge = HFJudge.from_dir(folder, dtype, device)
+        self.reference = HFJudge.from_dir(folder, dtype, device) if self.spec.kl_coef > 0 else None
         if self.reference is not None:
             self.reference.model.eval().requires_grad_(False)
         self.engine = None

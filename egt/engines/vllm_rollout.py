@@ -4,7 +4,7 @@
 contract (``ready``, ``set_weights``, ``generate``) and the same ``Generation``s, so the rl stage
 drives either engine alike. It samples step 1 of a StableReinforce update (R1-Reward §3) and takes
 the new policy at step 6 (egt/engines/rl.py). Prompts, sampling and the conversion of vLLM's
-outputs are ``egt.engines.vllm_probe.VLLMEngine``'s, the code the probe runs.
+outputs are ``egt.engines.vllm_engine.VLLMEngine``'s, the code the probe runs.
 
 How the weights travel: the learner's state dict (Hugging Face names, as
 ``Qwen2_5_VLForConditionalGeneration.state_dict()`` gives them) is one object in Ray's object store,
@@ -32,30 +32,37 @@ import os
 import torch
 
 from egt.engines.hf import Generation, JudgeInput
-from egt.engines.vllm_probe import VLLMEngine
+from egt.engines.vllm_engine import VLLMEngine
 from egt.spec import VLLMEngineSpec
+from egt.storage.store import local_folder
 
 
 class VLLMRolloutWorker:
     """Holds the policy in a vLLM engine and samples rollouts with it (a Ray actor in the rl stage).
 
     Args:
-        model_dir: the policy's Hugging Face folder (the SFT checkpoint).
+        model: the policy's Hugging Face folder (the SFT checkpoint), local or a file:// / s3:// URI
+            the actor fetches itself (on a cluster it runs on another node than the driver).
         dtype: weights dtype; float32 on CPU (as the transformers engine).
         device: "auto", "cpu" or "cuda".
         vllm: engine options, ``VLLMEngineSpec(...).model_dump(mode="json")`` (``rl.vllm``).
         threads: intra-op CPU threads; None = every core. Set before the engine starts: vLLM's CPU
             worker ignores ``torch.set_num_threads`` afterwards.
+        endpoint_url: the S3 endpoint when ``model`` is an s3:// URI.
     """
 
     def __init__(
-        self, model_dir: str, dtype: str, device: str, vllm: dict, threads: int | None = None
+        self,
+        model: str,
+        dtype: str,
+        device: str,
+        vllm: dict,
+        threads: int | None = None,
+        endpoint_url: str | None = None,
     ) -> None:
         torch.set_num_threads(threads or os.cpu_count() or 1)
-        # set_weights passes tensors to the vLLM worker, which needs the engine core in this process.
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         spec = VLLMEngineSpec.model_validate(vllm)
-        self.engine = VLLMEngine(model_dir, dtype, device, **spec.model_dump())
+        self.engine = VLLMEngine(local_folder(model, endpoint_url), dtype, device, **spec.model_dump())
 
     def ready(self) -> bool:
         return True

@@ -15,7 +15,7 @@ from PIL import Image
 
 from egt.stages.base import StageContext
 from egt.storage.records import read_records
-from egt.storage.store import ArtifactStore, open_store
+from egt.storage.store import ArtifactStore, local_folder, open_store
 
 REQUIRED_FIELDS = ("id", "images", "query", "response_1", "response_2", "label")
 
@@ -85,10 +85,7 @@ def load_pool(ctx: StageContext, pool: str) -> list[dict]:
 def model_dir(ctx: StageContext, stage: str) -> Path:
     """Local folder of the model a stage produced ("prepare" gives the base model)."""
     if stage == "prepare" and ctx.spec.model.path is not None:
-        path = ctx.spec.model.path
-        if path.startswith("s3://"):
-            return open_store(path, endpoint_url=ctx.spec.store.endpoint_url).local_path("")
-        return Path(path.removeprefix("file://"))
+        return local_folder(ctx.spec.model.path, ctx.spec.store.endpoint_url)
     return ctx.store.local_path(ctx.upstream_output(stage, "model"))
 
 

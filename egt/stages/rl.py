@@ -22,7 +22,7 @@ from egt.engines.rl import Learner, RolloutWorker, advantages, pad, score_rollou
 from egt.referee import ChatReferee, Referee, RulesReferee
 from egt.spec import EGTRunSpec, RefereeSpec
 from egt.stages.base import StageContext, StageResult
-from egt.stages.data import ImageLoader, model_dir
+from egt.stages.data import ImageLoader
 from egt.stages.progress import bar
 from egt.stages.sft import judge_input
 from egt.storage.records import read_records
@@ -96,15 +96,17 @@ class RLDriver:
         self.ctx, self.spec = ctx, ctx.spec.rl
         spec, model = self.spec, ctx.spec.model
         self.ray = connect_ray(actors=spec.learner_workers + spec.rollout_workers)
-        policy_dir = str(model_dir(ctx, "sft"))
-        gpu = {"num_gpus": 1} if model.device in ("cuda", "auto") and _cuda() else {}
+        # The actors fetch the model themselves: on a cluster they run on other nodes than this driver.
+        self.policy = ctx.store.uri_for(ctx.upstream_output("sft", "model"))
+        self.endpoint = ctx.spec.store.endpoint_url
+        gpu = actor_gpus(model.device, self.ray.cluster_resources().get("GPU", 0))
         self.learners = [
             self.ray.remote(Learner)
             .options(num_cpus=1, **gpu)
-            .remote(policy_dir, spec.model_dump(mode="json"), model.dtype, model.device)
+            .remote(self.policy, spec.model_dump(mode="json"), model.dtype, model.device, None, self.endpoint)
             for _ in range(spec.learner_workers)
         ]
-        self.workers = [self._rollout_worker(policy_dir, gpu) for _ in range(spec.rollout_workers)]
+        self.workers = [self._rollout_worker(gpu) for _ in range(spec.rollout_workers)]
         try:
             self.ray.get(
                 [a.ready.remote() for a in [*self.learners, *self.workers]], timeout=ACTOR_START_TIMEOUT
@@ -121,20 +123,18 @@ class RLDriver:
         self.referee = make_referee(spec.referee)
         self.images = ImageLoader(ctx.spec.store.endpoint_url)
         self.checkpoints = ctx.key("checkpoints")
-        self.store_root, self.endpoint = ctx.store.uri_for(""), ctx.spec.store.endpoint_url
+        self.store_root = ctx.store.uri_for("")
 
-    def _rollout_worker(self, policy_dir: str, gpu: dict):
+    def _rollout_worker(self, gpu: dict):
         model = self.ctx.spec.model
         if self.spec.rollout_engine == "vllm":
             from egt.engines.vllm_rollout import VLLMRolloutWorker
 
+            options = self.spec.vllm.model_dump(mode="json")
             actor = self.ray.remote(VLLMRolloutWorker).options(num_cpus=1, **gpu)
-            return actor.remote(policy_dir, model.dtype, model.device, self.spec.vllm.model_dump(mode="json"))
-        return (
-            self.ray.remote(RolloutWorker)
-            .options(num_cpus=1, **gpu)
-            .remote(policy_dir, model.dtype, model.device)
-        )
+            return actor.remote(self.policy, model.dtype, model.device, options, None, self.endpoint)
+        actor = self.ray.remote(RolloutWorker).options(num_cpus=1, **gpu)
+        return actor.remote(self.policy, model.dtype, model.device, None, self.endpoint)
 
     def on_learners(self, method: str, *per_rank_args: tuple, args: tuple = ()) -> list:
         """Call ``method`` on every learner rank at once (their collectives must line up); results by rank.
@@ -292,7 +292,17 @@ class PhaseTimer:
         self._last = now
 
 
-def _cuda() -> bool:
-    import torch
+def actor_gpus(device: str, cluster_gpus: float) -> dict:
+    """Ray options giving each actor one GPU when the model runs on CUDA.
 
-    return torch.cuda.is_available()
+    Decided from the Ray cluster's resources, not this process's torch: inside a RayJob the driver
+    runs on the head pod, which has no GPU, while the worker pods do.
+    """
+    if device == "cpu" or (device == "auto" and cluster_gpus < 1):
+        return {}
+    if cluster_gpus < 1:
+        raise RuntimeError(
+            "rl: model.device is cuda but the Ray cluster has no GPU; give the rl stage's worker "
+            "group GPUs (cluster.resources.rl.gpus_per_node) or set model.device to cpu"
+        )
+    return {"num_gpus": 1}

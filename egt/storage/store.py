@@ -390,3 +390,11 @@ def open_store(uri: str, endpoint_url: str | None = None) -> ArtifactStore:
             raise ValueError(f"s3 URI {uri!r} has no bucket; expected s3://bucket/prefix")
         return S3Store(parts.netloc, parts.path.strip("/"), endpoint_url=endpoint_url)
     raise ValueError(f"unsupported store URI {uri!r}: expected file://, s3:// or a local path")
+
+
+def local_folder(uri: str, endpoint_url: str | None = None) -> Path:
+    """A local directory with the files under ``uri`` (a path, file:// or s3:// URI; S3 is mirrored).
+
+    For code that may run on another machine than the one that named the folder (Ray actors).
+    """
+    return open_store(uri, endpoint_url).local_path("")

@@ -18,12 +18,8 @@ import torch
 
 from egt.engines.hf import JudgeInput
 from egt.engines.probe import entropy_columns, probe_records, token_entropies
-from egt.engines.vllm_probe import (
-    VLLMProbe,
-    has_video_processor,
-    probe_records_vllm,
-    vllm_available,
-)
+from egt.engines.vllm_engine import has_video_processor, vllm_available
+from egt.engines.vllm_probe import VLLMProbe, probe_records_vllm
 from egt.judge import answer_token_index
 from tests.engines.conftest import BLUE, GREEN, RED
 

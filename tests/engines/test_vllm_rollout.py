@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from egt.engines.hf import Generation, HFJudge, JudgeInput
-from egt.engines.vllm_probe import vllm_available
+from egt.engines.vllm_engine import vllm_available
 from egt.engines.vllm_rollout import VLLMRolloutWorker
 from egt.spec import VLLMEngineSpec
 from tests.engines.conftest import BLUE, GREEN

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from egt.engines.vllm_probe import vllm_available
+from egt.engines.vllm_engine import vllm_available
 from egt.runner import run_local
 from egt.storage.records import read_records
 from tests.stages.conftest import make_run

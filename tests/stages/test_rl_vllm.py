@@ -1,0 +1,61 @@
+"""The rl stage with vLLM rollout workers on a local Ray cluster (runs in .venv-vllm)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from egt.engines.rl import RolloutWorker
+from egt.engines.vllm_engine import vllm_available
+from egt.metrics import StageMetrics
+from egt.runner import run_local
+from egt.stages import rl as rl_stage
+from egt.stages.base import StageContext
+from egt.stages.sft import judge_input
+from egt.storage.records import read_records
+from tests.stages.conftest import make_run
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.slow,
+    pytest.mark.skipif(not vllm_available(), reason="vllm is not importable here: run it in .venv-vllm"),
+]
+
+
+def test_vllm_rollout_workers_follow_the_learner(small_run_doc, tmp_path: Path, monkeypatch) -> None:
+    # Alternating rewards: every step has non-zero advantages, so every update moves the policy.
+    real_score = rl_stage.score_rollouts
+
+    def alternating(texts, labels, logic, spec):
+        scored = real_score(texts, labels, logic, spec)
+        for index, rollout in enumerate(scored):
+            rollout.reward = float(index % 2)
+        return scored
+
+    monkeypatch.setattr(rl_stage, "score_rollouts", alternating)
+    small_run_doc["spec"]["rl"].update(
+        {"rollout_engine": "vllm", "vllm": {"enforce_eager": True}, "learning_rate": 1e-2}
+    )
+    run = make_run(small_run_doc, str(tmp_path / "store"))
+    store, _ = run_local(run, tmp_path / "work", stop="curate", progress=False, echo=lambda *_: None)
+    ctx = StageContext(run, store, "rl", StageMetrics(run.name, "rl", None), tmp_path / "rl")
+    curated = read_records(store, "small/curate/curated.jsonl")
+    driver = rl_stage.RLDriver(ctx)
+    ray = driver.ray
+    try:
+        batch = rl_stage.batch_for_step(curated, 0, 3)
+        items = [judge_input(r, driver.images) for r in batch]
+        [worker] = driver.workers
+        before = ray.get(worker.generate.remote(items, 12, 0.0, 0))
+        record = driver.step(batch, 0)
+        assert record["step"] == 1 and record["grad_norm"] > 0
+        # After the sync the vLLM engine decodes greedily what the learner's weights decode.
+        learner = RolloutWorker(driver.policy, "float32", "cpu", threads=1)
+        learner.set_weights(driver.on_learners("weights")[0])
+        expected = [g.token_ids for g in learner.generate(items, 12, temperature=0.0, seed=0)]
+        after = [g.token_ids for g in ray.get(worker.generate.remote(items, 12, 0.0, 0))]
+        assert after == expected
+        assert after != [g.token_ids for g in before], "the update did not change the greedy rollouts"
+    finally:
+        driver.close()
