@@ -255,9 +255,29 @@ class ProbeSpec(Section):
     )
     shard_size: PositiveInt = Field(256, description="Samples per resumable shard.")
     num_shards: PositiveInt = Field(
-        1, description="Nodes the pool is partitioned over (Indexed Job completions)."
+        1,
+        description="Parts the pool is partitioned over: Indexed Job completions × replicas_per_node.",
+    )
+    replicas_per_node: PositiveInt = Field(
+        1,
+        description="Parts one pod runs at once, each a process on its own slice of the pod's GPUs "
+        "(gpus_per_node / replicas_per_node each; one vLLM engine per GPU when that is 1, "
+        "tensor_parallel_size = the slice otherwise). Pod i runs parts i·R … i·R + R − 1.",
     )
     vllm: VLLMProbeSpec = Field(default_factory=VLLMProbeSpec, description="Options of engine 'vllm'.")
+
+    @model_validator(mode="after")
+    def _whole_pods(self) -> ProbeSpec:
+        if self.num_shards % self.replicas_per_node:
+            raise ValueError(
+                f"num_shards {self.num_shards} is not a multiple of replicas_per_node "
+                f"{self.replicas_per_node}: every pod runs replicas_per_node parts"
+            )
+        return self
+
+    @property
+    def pods(self) -> int:
+        return self.num_shards // self.replicas_per_node
 
 
 class CurateSpec(Section):

@@ -108,9 +108,14 @@ class Stage:
     # Stages that fan out over nodes: how many parts the spec asks for, and how to join them.
     parts: Callable[[EGTRunSpec], int] | None = None
     merge: Callable[[StageContext, list[Manifest]], StageResult] | None = None
+    # How many of those parts one pod runs at once (each a process on its own GPUs).
+    replicas: Callable[[EGTRunSpec], int] | None = None
 
     def part_count(self, spec: EGTRunSpec) -> int:
         return self.parts(spec) if self.parts else 1
+
+    def replica_count(self, spec: EGTRunSpec) -> int:
+        return self.replicas(spec) if self.replicas else 1
 
 
 def unit_name(stage: str, part: tuple[int, int] | None) -> str:

@@ -15,7 +15,13 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("annotate", ("prepare",), annotate.fingerprint, annotate.run),
     Stage("sft", ("prepare", "annotate"), sft.fingerprint, sft.run),
     Stage(
-        "probe", ("prepare", "sft"), probe.fingerprint, probe.run, lambda s: s.probe.num_shards, probe.merge
+        "probe",
+        ("prepare", "sft"),
+        probe.fingerprint,
+        probe.run,
+        parts=lambda s: s.probe.num_shards,
+        merge=probe.merge,
+        replicas=lambda s: s.probe.replicas_per_node,
     ),
     Stage("curate", ("probe",), curate.fingerprint, curate.run),
     Stage("rl", ("sft", "curate"), rl.fingerprint, rl.run),

@@ -27,6 +27,7 @@ ACCURACY_BINS = 5
 # Settings that change speed, not results, stay out of the fingerprint.
 _SPEED_ONLY = {
     "num_shards": True,
+    "replicas_per_node": True,
     "shard_size": True,
     "batch_size": True,
     "vllm": {

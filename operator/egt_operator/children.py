@@ -327,20 +327,21 @@ def sft(run: Run) -> list[dict[str, Any]]:
 
 
 def probe(run: Run) -> list[dict[str, Any]]:
-    """Probing as an Indexed Job: completion ``i`` is part ``i`` of ``probe.num_shards``.
+    """Probing as an Indexed Job: completion ``i`` is pod ``i``, which runs parts ``i·R … i·R + R − 1``
+    of ``probe.num_shards`` (R = ``probe.replicas_per_node``, each part a process on its own GPUs).
 
-    ``python -m jobs.probe`` takes its part from ``JOB_COMPLETION_INDEX``. At most ``nodes`` parts
-    run at once. Parts are independent, so a failed part does not stop the others
+    ``python -m jobs.probe`` takes its pod from ``JOB_COMPLETION_INDEX``. At most ``nodes`` pods
+    run at once. Parts are independent, so a failed pod does not stop the others
     (``backoffLimitPerIndex: 0``, no retry of any index, the Job fails when all have ended): a
     retry by the operator then runs only the parts whose manifests are missing.
     """
     res = resources(run, "probe")
-    shards = run.spec.probe.num_shards
-    name = child_name(run.name, "probe", limit=62 - len(str(shards - 1)))
+    pods = run.spec.probe.pods
+    name = child_name(run.name, "probe", limit=62 - len(str(pods - 1)))
     indexed = {
         "completionMode": "Indexed",
-        "completions": shards,
-        "parallelism": min(res.nodes, shards),
+        "completions": pods,
+        "parallelism": min(res.nodes, pods),
         "backoffLimitPerIndex": 0,
     }
     return [_job(run, "probe", name, stage_command("probe"), indexed)]

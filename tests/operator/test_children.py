@@ -353,6 +353,11 @@ def test_probe_indexed_job():
     assert container["command"] == ["python", "-m", "jobs.probe", "--spec", SPEC_PATH]
     one_shard = only(render(RUNS["tiny"](), "probe"), "Job")
     assert one_shard["spec"]["completions"] == one_shard["spec"]["parallelism"] == 1
+    # Replicas: each pod runs several parts (one vLLM engine per GPU), so fewer pods complete.
+    replicated = RUNS["multi-node"]()
+    replicated.spec.probe.replicas_per_node = 4
+    job = only(render(replicated, "probe"), "Job")
+    assert job["spec"]["completions"] == 2 and job["spec"]["parallelism"] == 2
 
 
 # --- rl: a RayJob ------------------------------------------------------------------------------------

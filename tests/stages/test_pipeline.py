@@ -153,11 +153,13 @@ def run_store(run):
 
 
 def test_probe_fans_out_as_parts_and_the_next_job_merges_them(
-    small_run_doc, tmp_path: Path, monkeypatch
+    small_run_doc, tmp_path: Path, monkeypatch, caplog, capsys
 ) -> None:
     from jobs.entrypoint import stage_main
 
-    small_run_doc["spec"]["probe"]["num_shards"] = 2
+    # 2 pods × 2 replicas, each replica a process on 2 of the pod's 4 GPUs (CPU here: hf on cpu).
+    small_run_doc["spec"]["probe"].update({"num_shards": 4, "replicas_per_node": 2})
+    small_run_doc["spec"].setdefault("cluster", {})["resources"] = {"probe": {"gpus_per_node": 4}}
     run = make_run(small_run_doc, str(tmp_path / "store"))
     run_local(run, tmp_path / "work", stop="sft", progress=False, echo=lambda *_: None)
     spec_file = tmp_path / "run.yaml"
@@ -166,17 +168,30 @@ def test_probe_fans_out_as_parts_and_the_next_job_merges_them(
 
     assert stage_main("curate", args) == 1  # no part has run: nothing to merge yet
     assert stage_main("probe", args) == 1  # a fanned-out stage needs its part index
-    assert stage_main("probe", [*args, "--part", "1"]) == 0
-    monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")  # how an Indexed Job names the pod's part
-    assert stage_main("probe", args) == 0
+    assert stage_main("probe", [*args, "--part", "0"]) == 0  # one part by hand
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")  # how an Indexed Job names the pod
+    with caplog.at_level("INFO", logger="jobs.probe"):
+        assert stage_main("probe", args) == 0  # pod 1: parts 2 and 3, at once
+    assert "part 2 on GPUs 0,1" in caplog.text and "part 3 on GPUs 2,3" in caplog.text
+    assert stage_main("curate", args) == 1  # part 1 is still missing
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
+    assert stage_main("probe", args) == 0  # pod 0: part 0 is up to date, part 1 runs
     monkeypatch.delenv("JOB_COMPLETION_INDEX")
     assert stage_main("curate", args) == 0
 
     store = run_store(run)
-    parts = [read_records(store, f"small/probe/part-0000{i}-of-00002/probed.jsonl") for i in range(2)]
-    assert [len(p) for p in parts] == [6, 6]
+    parts = [read_records(store, f"small/probe/part-0000{i}-of-00004/probed.jsonl") for i in range(4)]
+    assert [len(p) for p in parts] == [3, 3, 3, 3]
     merged = read_records(store, "small/probe/probed.jsonl")
     pool = read_records(store, "small/prepare/data/rl.jsonl")
     assert [r["id"] for r in merged] == [r["id"] for r in pool]
     assert read_manifest(store, "small", "probe").counts["samples"] == 12
     assert read_manifest(store, "small", "curate") is not None
+
+    # vLLM replicas must be told how many GPUs each engine spans.
+    vllm = yaml.safe_load(spec_file.read_text())
+    vllm["spec"]["probe"]["engine"] = "vllm"
+    spec_file.write_text(yaml.safe_dump(vllm))
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
+    assert stage_main("probe", args) == 1
+    assert "tensor_parallel_size is 1: set it to 2" in capsys.readouterr().err
