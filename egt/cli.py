@@ -70,6 +70,25 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from egt_operator.submit import submit
+
+    return submit(
+        args.file,
+        name=args.name,
+        namespace=args.namespace,
+        wait=args.wait,
+        timeout=args.timeout,
+        poll_seconds=args.poll,
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from egt_operator.submit import status
+
+    return status(args.name, args.namespace)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from egt.report import write_report
     from egt.storage.store import open_store
@@ -119,6 +138,24 @@ def parser() -> argparse.ArgumentParser:
     tiny.add_argument("out", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_tiny_model)
+
+    submit = sub.add_parser(
+        "submit",
+        help="Create (or update) an EGTRun on the cluster; --wait follows it: exit 0 succeeded, 1 failed, "
+        "2 invalid, 3 timed out.",
+    )
+    submit.add_argument("file", type=Path)
+    submit.add_argument("--name", help="Run name instead of the file's metadata.name (CI: one per commit).")
+    submit.add_argument("--namespace", "-n", help="Namespace (default: the kubeconfig context's).")
+    submit.add_argument("--wait", action="store_true", help="Follow the run until it ends.")
+    submit.add_argument("--timeout", type=float, help="Seconds to wait at most (the run goes on).")
+    submit.add_argument("--poll", type=float, default=5.0, help="Seconds between status reads (default 5).")
+    submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="Print an EGTRun's stages and conditions from the cluster.")
+    status.add_argument("name")
+    status.add_argument("--namespace", "-n", help="Namespace (default: the kubeconfig context's).")
+    status.set_defaults(func=cmd_status)
 
     report = sub.add_parser("report", help="Render the Markdown report of a finished run.")
     report.add_argument("file", type=Path)

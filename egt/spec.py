@@ -428,6 +428,11 @@ class EGTRunSpec(Section):
     cluster: ClusterSpec = Field(
         default_factory=ClusterSpec, description="Pods, images and Secrets on a cluster."
     )
+    suspend: bool = Field(
+        False,
+        description="On a cluster: start no new stage while true (a running stage finishes); set back "
+        "to false to continue. The local runner ignores it.",
+    )
 
     @model_validator(mode="after")
     def _annotate_needs_a_teacher_for_real_data(self) -> EGTRunSpec:

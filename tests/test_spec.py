@@ -387,6 +387,7 @@ def test_resolved_dump_contains_every_default():
         "evaluate",
         "metrics",
         "cluster",
+        "suspend",
     }
     assert resolved["spec"]["rl"]["ratio_max"] == 1000.0
     assert resolved["spec"]["curate"]["keep"] == 2500

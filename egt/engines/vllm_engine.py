@@ -200,12 +200,20 @@ class VLLMEngine:
         return self.run(items, [self.sampling_params(max_new_tokens, temperature, s) for s in seeds])
 
     def close(self) -> None:
-        """Stop the engine (its worker processes, where there are some) and drop the view folder."""
+        """Stop the engine, release the process group it set up in this process, drop the view folder.
+
+        The engine core runs in this process, so its torch.distributed group is this process's
+        default group: left behind, a later DeepSpeed engine here (a stage run after the probe in
+        the same process) would adopt a group vLLM has torn down half-way.
+        """
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
         engine = getattr(self.llm, "llm_engine", None)
         core = getattr(engine, "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
         self.llm = None
+        cleanup_dist_env_and_memory()
         if self._view is not None:
             self._view.cleanup()
             self._view = None

@@ -174,6 +174,10 @@ def status_schema() -> dict[str, Any]:
                 "description": "The stage running now, or the last one that ran.",
             },
             "message": {"type": "string", "description": "The latest progress or failure, in one line."},
+            "retry": {
+                "type": "string",
+                "description": "The last egt.dev/retry annotation value acted on (see docs/operator.md).",
+            },
             "conditions": {
                 "type": "array",
                 "description": "Succeeded is True when every stage is done, False when the run failed.",

@@ -1,0 +1,227 @@
+"""The kopf handlers: thin glue between Kubernetes and :func:`egt_operator.reconcile.reconcile`.
+
+Run with ``kopf run -m egt_operator.handlers --all-namespaces`` (the chart's Deployment does; one
+replica, see docs/operator.md). Every EGTRun is reconciled when it is created, changed or found at
+start-up (resume after an operator restart), and every ``EGT_RECONCILE_SECONDS`` (default 5) by a
+timer that follows its children. The children are read from kopf's in-memory indexes of the Jobs and
+RayJobs labelled ``egt.dev/run`` (kept current by watch streams), so a pass makes no API request
+unless something changed: then it creates or deletes children, patches the run's status and posts
+Events. Passes over one run never overlap (a lock per run).
+
+Kubernetes garbage collection deletes children through their ownerReferences; the delete handler
+also deletes them itself, so a run's children are gone when it is (even where no garbage collector
+runs, as in the API emulator the tests use).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from egt_operator import metrics
+from egt_operator.children import RUN_LABEL
+from egt_operator.crd import GROUP, PLURAL, VERSION
+from egt_operator.reconcile import Plan, reconcile
+from egt_operator.store import store_verdict
+
+log = logging.getLogger(__name__)
+INTERVAL = float(os.environ.get("EGT_RECONCILE_SECONDS", "5"))
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Progress in annotations (the CRD's structural status has no room for kopf's own fields),
+    Kubernetes API credentials for the client (in-cluster, else the kubeconfig), and /metrics."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="egt.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="egt.dev", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # kopf's own handler chatter stays in the log
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    metrics.serve(int(os.environ.get("EGT_METRICS_PORT", "8080")))
+
+
+# ---- the children, as the watch streams last saw them ---------------------------------------------
+
+
+def _snapshot(kind: str, body: kopf.Body) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "apiVersion": body.get("apiVersion"),
+        "metadata": {
+            "name": body.metadata.name,
+            "namespace": body.metadata.namespace,
+            "annotations": dict(body.metadata.annotations),
+        },
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }
+
+
+@kopf.index("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT})
+def job_index(body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any) -> dict:
+    return {(namespace, labels[RUN_LABEL]): _snapshot("Job", body)}
+
+
+@kopf.index("ray.io", "v1", "rayjobs", labels={RUN_LABEL: kopf.PRESENT})
+def rayjob_index(body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any) -> dict:
+    return {(namespace, labels[RUN_LABEL]): _snapshot("RayJob", body)}
+
+
+def _children(namespace: str, name: str, *indexes: kopf.Index) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for index in indexes:
+        for child in index.get((namespace, name), []):
+            found[child["metadata"]["name"]] = child
+    return found
+
+
+# ---- reconcile ----------------------------------------------------------------------------------
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL, id="on-create")
+@kopf.on.resume(GROUP, VERSION, PLURAL, id="on-resume")
+@kopf.on.update(GROUP, VERSION, PLURAL, id="on-update")
+@kopf.timer(GROUP, VERSION, PLURAL, id="follow", interval=INTERVAL, initial_delay=INTERVAL)
+def drive(
+    body: kopf.Body, name: str, namespace: str, job_index: kopf.Index, rayjob_index: kopf.Index, **_: Any
+) -> None:
+    """One reconcile pass; its plan carried out (children, then status, then Events)."""
+    with _lock(namespace, name):
+        fresh = _read(namespace, name)  # the handler's body may predate our own last status write
+        if fresh is None:
+            return
+        try:
+            plan = reconcile(
+                fresh, _children(namespace, name, job_index, rayjob_index), store_verdict, _now()
+            )
+            _apply(fresh, plan)
+        except Exception:
+            metrics.RECONCILE_ERRORS.inc()
+            raise
+        metrics.observe(fresh, plan)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def delete_children(name: str, namespace: str, **_: Any) -> None:
+    """Delete the run's Jobs, RayJob, Service and ConfigMaps (and, with them, their pods)."""
+    for kind, items in _labelled(namespace, name):
+        for item in items:
+            _delete(
+                kind, item.metadata.name if hasattr(item, "metadata") else item["metadata"]["name"], namespace
+            )
+    metrics.forget(namespace, name)
+    _locks.pop(f"{namespace}/{name}", None)
+
+
+def _lock(namespace: str, name: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(f"{namespace}/{name}", threading.Lock())
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _read(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return client.CustomObjectsApi().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def _apply(run: dict[str, Any], plan: Plan) -> None:
+    meta = run["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    for obj in plan.delete:
+        _delete(obj["kind"], obj["metadata"]["name"], namespace)
+    for obj in plan.create:
+        _create(obj)
+    if plan.status != (run.get("status") or {}):
+        client.CustomObjectsApi().patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": plan.status}
+        )
+    for kind, reason, message in plan.events:
+        kopf.event(run, type=kind, reason=reason, message=message)
+        (log.warning if kind == "Warning" else log.info)("%s/%s %s: %s", namespace, name, reason, message)
+
+
+# ---- Kubernetes objects by kind -----------------------------------------------------------------
+
+
+def _create(obj: dict[str, Any]) -> None:
+    """Create one child; one that exists already is adopted (a pass cut short, an operator restart)."""
+    namespace, kind = obj["metadata"]["namespace"], obj["kind"]
+    try:
+        if kind == "ConfigMap":
+            client.CoreV1Api().create_namespaced_config_map(namespace, obj)
+        elif kind == "Service":
+            client.CoreV1Api().create_namespaced_service(namespace, obj)
+        elif kind == "Job":
+            client.BatchV1Api().create_namespaced_job(namespace, obj)
+        elif kind == "RayJob":
+            client.CustomObjectsApi().create_namespaced_custom_object(
+                "ray.io", "v1", namespace, "rayjobs", obj
+            )
+        else:
+            raise ValueError(f"no way to create a {kind}")
+    except ApiException as error:
+        if error.status != 409:
+            raise
+
+
+def _delete(kind: str, name: str, namespace: str) -> None:
+    background = client.V1DeleteOptions(propagation_policy="Background")
+    try:
+        if kind == "ConfigMap":
+            client.CoreV1Api().delete_namespaced_config_map(name, namespace)
+        elif kind == "Service":
+            client.CoreV1Api().delete_namespaced_service(name, namespace)
+        elif kind == "Job":
+            client.BatchV1Api().delete_namespaced_job(name, namespace, body=background)
+        elif kind == "RayJob":
+            client.CustomObjectsApi().delete_namespaced_custom_object(
+                "ray.io", "v1", namespace, "rayjobs", name
+            )
+        else:
+            raise ValueError(f"no way to delete a {kind}")
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+def _labelled(namespace: str, run: str) -> Iterable[tuple[str, list]]:
+    """The run's children of every kind, by their run label (filtered here too: not every API
+    server the operator meets enforces label selectors)."""
+    selector = f"{RUN_LABEL}={run}"
+
+    def mine(items: list) -> list:
+        return [i for i in items if (_labels(i) or {}).get(RUN_LABEL) == run]
+
+    core, batch = client.CoreV1Api(), client.BatchV1Api()
+    yield "Job", mine(batch.list_namespaced_job(namespace, label_selector=selector).items)
+    yield "Service", mine(core.list_namespaced_service(namespace, label_selector=selector).items)
+    yield "ConfigMap", mine(core.list_namespaced_config_map(namespace, label_selector=selector).items)
+    rayjobs = client.CustomObjectsApi().list_namespaced_custom_object(
+        "ray.io", "v1", namespace, "rayjobs", label_selector=selector
+    )
+    yield "RayJob", mine(rayjobs.get("items", []))
+
+
+def _labels(item: Any) -> Mapping[str, str] | None:
+    return item.metadata.labels if hasattr(item, "metadata") else item.get("metadata", {}).get("labels")

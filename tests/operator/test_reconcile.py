@@ -1,0 +1,190 @@
+"""The reconcile pass as a pure function: each rule of egt_operator.reconcile on hand-made observations.
+
+``Cluster`` plays the API server and the kubelet in the simplest way: it keeps the children a plan
+creates, deletes the ones it deletes, and the run's status between passes.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from egt.spec import STAGES
+from egt_operator.reconcile import RETRY_ANNOTATION, SPEC_ANNOTATION, StoreVerdict, child_phase, reconcile
+
+TINY = yaml.safe_load(Path("examples/egtrun-tiny.yaml").read_text())
+NOW = "2026-11-22T06:00:00Z"
+
+
+class Cluster:
+    def __init__(self, spec_changes: dict | None = None) -> None:
+        self.body = copy.deepcopy(TINY)
+        self.body["metadata"] |= {"namespace": "ml", "uid": "u-1", "generation": 1}
+        self.children: dict[str, dict] = {}
+        self.created: list[str] = []
+        self.current: set[str] = set()  # stages whose outputs the store holds
+        self.events: list[tuple[str, str, str]] = []
+
+    def verdict(self, run, stage):
+        return (
+            StoreVerdict({"model": f"s3://b/{stage}/model"}, {"loss": 0.5}) if stage in self.current else None
+        )
+
+    def step(self):
+        plan = reconcile(self.body, self.children, self.verdict, NOW)
+        for obj in plan.delete:
+            self.children.pop(obj["metadata"]["name"], None)
+        for obj in plan.create:
+            if obj["kind"] in ("Job", "RayJob"):
+                self.children[obj["metadata"]["name"]] = copy.deepcopy(obj)
+                self.created.append(obj["metadata"]["name"])
+        self.body["status"] = plan.status
+        self.events += plan.events
+        return plan
+
+    def finish(
+        self, name: str, ok: bool = True, reason: str = "BackoffLimitExceeded", message: str = "pod failed"
+    ):
+        child = self.children[name]
+        if child["kind"] == "RayJob":
+            child["status"] = {
+                "jobDeploymentStatus": "Complete" if ok else "Failed",
+                "jobStatus": "SUCCEEDED" if ok else "FAILED",
+                "message": message,
+            }
+        else:
+            kind = "Complete" if ok else "Failed"
+            child["status"] = {
+                "conditions": [{"type": kind, "status": "True", "reason": reason, "message": message}]
+            }
+
+    def state(self, stage: str) -> str:
+        return self.body["status"]["stages"][stage]["state"]
+
+    def condition(self, kind: str) -> dict:
+        return next(c for c in self.body["status"]["conditions"] if c["type"] == kind)
+
+
+def test_a_run_walks_every_stage_in_order_one_child_at_a_time():
+    cluster = Cluster()
+    for stage in STAGES:
+        plan = cluster.step()
+        assert cluster.state(stage) == "Running"
+        assert cluster.condition("Succeeded")["status"] == "Unknown"
+        assert cluster.condition("Progressing")["status"] == "True"
+        [watched] = [o for o in plan.create if o["kind"] in ("Job", "RayJob")]
+        assert watched["metadata"]["annotations"][SPEC_ANNOTATION]
+        assert cluster.step().create == []  # a pass with nothing new does nothing
+        cluster.finish(watched["metadata"]["name"])
+        cluster.current.add(stage)  # the job wrote the stage's manifest
+    cluster.step()
+    assert [cluster.state(s) for s in STAGES] == ["Succeeded"] * len(STAGES)
+    assert cluster.condition("Succeeded")["status"] == "True"
+    assert cluster.created == ["tiny-demo-" + s for s in STAGES]
+    assert cluster.body["status"]["stages"]["rl"]["child"] == "tiny-demo-rl"
+    sft = cluster.body["status"]["stages"]["sft"]
+    assert sft["artifacts"] == {"model": "s3://b/sft/model"} and sft["metrics"] == {"loss": 0.5}
+    assert [e[1] for e in cluster.events].count("RunSucceeded") == 1
+    cluster.step()
+    assert [e[1] for e in cluster.events].count("RunSucceeded") == 1  # no repeat on later passes
+
+
+def test_current_stages_are_skipped_without_a_child():
+    cluster = Cluster()
+    cluster.current = {"prepare", "annotate"}
+    plan = cluster.step()
+    assert cluster.state("prepare") == cluster.state("annotate") == "Skipped"
+    assert cluster.body["status"]["stages"]["prepare"]["artifacts"] == {"model": "s3://b/prepare/model"}
+    assert cluster.state("sft") == "Running" and cluster.created == ["tiny-demo-sft"]
+    assert ("Normal", "StageSkipped", "prepare: outputs already in the store") in plan.events
+
+
+def test_a_failed_child_fails_the_run_until_a_retry():
+    cluster = Cluster()
+    cluster.step()
+    cluster.finish("tiny-demo-prepare", ok=False, reason="DeadlineExceeded", message="took too long")
+    cluster.step()
+    assert cluster.state("prepare") == "Failed"
+    failed = cluster.condition("Succeeded")
+    assert failed["status"] == "False" and failed["reason"] == "StageFailed"
+    assert "prepare failed: DeadlineExceeded: took too long" in failed["message"]
+    assert cluster.step().create == []  # stays failed
+    cluster.body["metadata"]["annotations"] = {RETRY_ANNOTATION: "1"}
+    plan = cluster.step()
+    assert [o["metadata"]["name"] for o in plan.delete] == ["tiny-demo-prepare"]
+    assert plan.create == []  # the old child must be gone first
+    cluster.step()
+    assert cluster.state("prepare") == "Running" and cluster.created.count("tiny-demo-prepare") == 2
+    assert cluster.condition("Succeeded")["status"] == "Unknown"
+    assert cluster.step().delete == []  # the same retry value is acted on once
+
+
+def test_a_failed_rayjob_reports_its_message():
+    cluster = Cluster()
+    cluster.current = {"prepare", "annotate", "sft", "probe", "curate"}
+    cluster.step()
+    cluster.finish("tiny-demo-rl", ok=False, message="actor died")
+    cluster.step()
+    assert "rl failed: RayJobFailed: actor died" in cluster.condition("Succeeded")["message"]
+
+
+def test_suspend_starts_nothing_new():
+    cluster = Cluster()
+    cluster.body["spec"]["suspend"] = True
+    assert cluster.step().create == []
+    assert cluster.condition("Progressing")["reason"] == "Suspended"
+    cluster.body["spec"]["suspend"] = False
+    cluster.body["metadata"]["generation"] = 2
+    cluster.step()
+    assert cluster.state("prepare") == "Running"
+
+
+def test_a_spec_change_replaces_a_stale_child_and_rechecks_finished_stages():
+    cluster = Cluster()
+    cluster.step()
+    cluster.finish("tiny-demo-prepare")
+    cluster.step()  # prepare done, annotate running
+    cluster.body["spec"]["annotate"]["shard_size"] = 32
+    cluster.body["metadata"]["generation"] = 2
+    cluster.current = {"prepare"}  # the change does not touch prepare's outputs
+    plan = cluster.step()
+    assert cluster.state("prepare") == "Skipped"
+    assert [o["metadata"]["name"] for o in plan.delete] == ["tiny-demo-annotate"]
+    cluster.step()
+    assert cluster.state("annotate") == "Running" and cluster.created.count("tiny-demo-annotate") == 2
+    assert cluster.body["status"]["observedGeneration"] == 2
+
+
+def test_an_invalid_spec_is_reported_not_raised():
+    cluster = Cluster()
+    cluster.body["spec"]["curate"]["strategy"] = "lowest"
+    plan = cluster.step()
+    assert plan.create == []
+    failed = cluster.condition("Succeeded")
+    assert failed["reason"] == "InvalidSpec" and "curate.strategy" in failed["message"]
+
+
+def test_child_phases():
+    job = {"kind": "Job", "status": {"active": 2}}
+    assert child_phase(job)[0] == "Running"
+    done = {"kind": "Job", "status": {"conditions": [{"type": "SuccessCriteriaMet", "status": "True"}]}}
+    assert child_phase(done)[0] == "Succeeded"
+    indexed = {
+        "kind": "Job",
+        "status": {
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "FailedIndexes",
+                    "message": "Job has failed indexes",
+                }
+            ]
+        },
+    }
+    assert child_phase(indexed) == ("Failed", "FailedIndexes", "Job has failed indexes")
+    assert child_phase({"kind": "RayJob", "status": {"jobDeploymentStatus": "Running"}})[0] == "Running"
+    stopped = {"kind": "RayJob", "status": {"jobDeploymentStatus": "Complete", "jobStatus": "STOPPED"}}
+    assert child_phase(stopped)[:2] == ("Failed", "RayJobStopped")
