@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,11 +11,12 @@ import pytest
 from egt.engines.rl import RolloutWorker
 from egt.engines.vllm_engine import vllm_available
 from egt.metrics import StageMetrics
-from egt.runner import run_local
+from egt.spec import dump_run
 from egt.stages import rl as rl_stage
 from egt.stages.base import StageContext
 from egt.stages.sft import judge_input
 from egt.storage.records import read_records
+from egt.storage.store import open_store
 from tests.stages.conftest import make_run
 
 pytestmark = [
@@ -38,7 +41,15 @@ def test_vllm_rollout_workers_follow_the_learner(small_run_doc, tmp_path: Path, 
         {"rollout_engine": "vllm", "vllm": {"enforce_eager": True}, "learning_rate": 1e-2}
     )
     run = make_run(small_run_doc, str(tmp_path / "store"))
-    store, _ = run_local(run, tmp_path / "work", stop="curate", progress=False, echo=lambda *_: None)
+    # The upstream stages in a process of their own, as on a cluster: DeepSpeed (sft) cannot start in
+    # a process where an earlier test's in-process vLLM engine has already torn down the default group.
+    spec_file = tmp_path / "run.yaml"
+    spec_file.write_text(dump_run(run))
+    egt = str(Path(sys.executable).parent / "egt")
+    command = [egt, "run", str(spec_file), "--local", "--until", "curate", "-q", "--no-report"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    store = open_store(run.spec.store.uri)
     ctx = StageContext(run, store, "rl", StageMetrics(run.name, "rl", None), tmp_path / "rl")
     curated = read_records(store, "small/curate/curated.jsonl")
     driver = rl_stage.RLDriver(ctx)
