@@ -1,0 +1,198 @@
+"""The operator (egt_operator.handlers) in a subprocess against the API emulator, the tests playing
+the kubelet: a whole run with a restart in every stage, a failure and its retry, deletion, an invalid
+run, and ``egt submit --wait``."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from egt.runner import run_local
+from egt.spec import STAGES, parse_run
+from egt_operator.crd import GROUP, PLURAL, VERSION
+from tests.fixtures.processes import free_ports
+from tests.operator.cluster import Kubelet, wait_for
+
+pytestmark = pytest.mark.slow
+
+NS = "default"
+TINY = yaml.safe_load(Path("examples/egtrun-tiny.yaml").read_text())
+WATCHED = {"rl": "RayJob"}  # every other stage is watched as a Job
+
+
+def run_document(tmp_path: Path, name: str = "tiny-demo") -> dict:
+    document = copy.deepcopy(TINY)
+    document["metadata"]["name"] = name
+    document["spec"]["store"]["uri"] = str(tmp_path / "store")
+    return document
+
+
+@pytest.fixture
+def operator(operator_process):
+    env = {"EGT_RECONCILE_SECONDS": "0.3", "EGT_METRICS_PORT": str(free_ports()[0])}
+    return operator_process("egt_operator.handlers", env)
+
+
+@pytest.fixture
+def kube_env(kubeconfig: Path) -> dict[str, str]:
+    """The environment of a CLI pointed at the emulator."""
+    env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+    return env | {"KUBECONFIG": str(kubeconfig)}
+
+
+def runs(kube_client) -> k8s.CustomObjectsApi:
+    return k8s.CustomObjectsApi(kube_client)
+
+
+def get_run(kube_client, name: str) -> dict:
+    return runs(kube_client).get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+
+
+def create_run(kube_client, document: dict) -> dict:
+    return runs(kube_client).create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, document)
+
+
+def stage_state(kube_client, name: str, stage: str) -> str | None:
+    return ((get_run(kube_client, name).get("status") or {}).get("stages") or {}).get(stage, {}).get("state")
+
+
+def condition(kube_client, name: str, kind: str = "Succeeded") -> dict:
+    status = get_run(kube_client, name).get("status") or {}
+    return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
+
+
+def child(kubelet: Kubelet, run: str, stage: str) -> dict:
+    kind = WATCHED.get(stage, "Job")
+    return wait_for(lambda: kubelet.get(kind, f"{run}-{stage}"), timeout=15, what=f"{kind} {run}-{stage}")
+
+
+def finish(kubelet: Kubelet, run: str, stage: str) -> None:
+    name = f"{run}-{stage}"
+    (kubelet.complete_rayjob if stage == "rl" else kubelet.complete_job)(name)
+
+
+def test_a_whole_run_with_a_restart_in_every_stage(kube_client, kubelet, operator, tmp_path: Path) -> None:
+    document = run_document(tmp_path)
+    # prepare's outputs are already in the store for this spec: the operator skips it.
+    run_local(parse_run(document), tmp_path / "work", stop="prepare", progress=False, echo=lambda *_: None)
+    create_run(kube_client, document)
+    for stage in STAGES[1:]:
+        created = child(kubelet, "tiny-demo", stage)
+        assert created["metadata"]["ownerReferences"][0]["kind"] == "EGTRun"
+        assert created["metadata"]["labels"]["egt.dev/stage"] == stage
+        wait_for(lambda s=stage: stage_state(kube_client, "tiny-demo", s) == "Running", timeout=15)
+        operator.restart()  # the operator goes away mid-stage and comes back
+        finish(kubelet, "tiny-demo", stage)
+        wait_for(lambda s=stage: stage_state(kube_client, "tiny-demo", s) == "Succeeded", timeout=15)
+    wait_for(lambda: condition(kube_client, "tiny-demo").get("status") == "True", timeout=15)
+
+    status = get_run(kube_client, "tiny-demo")["status"]
+    assert status["stages"]["prepare"]["state"] == "Skipped"
+    assert status["stages"]["prepare"]["artifacts"]["model"].endswith("tiny-demo/prepare/model")
+    assert status["observedGeneration"] == 1
+    # Adopted, never duplicated: one child per stage through seven restarts.
+    assert sorted(j["metadata"]["name"] for j in kubelet.jobs(run="tiny-demo")) == sorted(
+        f"tiny-demo-{s}" for s in STAGES[1:] if s != "rl"
+    )
+    assert [r["metadata"]["name"] for r in kubelet.list("RayJob", run="tiny-demo")] == ["tiny-demo-rl"]
+    reasons = {e.get("reason") for e in kubelet.list("Event")}
+    assert {"StageSkipped", "StageStarted", "StageSucceeded", "RunSucceeded"} <= reasons
+
+
+def test_a_failed_stage_fails_the_run_and_a_retry_resumes_it(
+    kube_client, kubelet, operator, kube_env, tmp_path
+) -> None:
+    create_run(kube_client, run_document(tmp_path))
+    child(kubelet, "tiny-demo", "prepare")
+    kubelet.fail_job(
+        "tiny-demo-prepare", reason="DeadlineExceeded", message="Job was active longer than allowed"
+    )
+    wait_for(lambda: condition(kube_client, "tiny-demo").get("status") == "False", timeout=15)
+    failed = condition(kube_client, "tiny-demo")
+    assert failed["reason"] == "StageFailed"
+    assert "prepare failed: DeadlineExceeded: Job was active longer than allowed" in failed["message"]
+    egt = [str(Path(sys.executable).parent / "egt"), "status", "tiny-demo"]
+    shown = subprocess.run(egt, capture_output=True, text=True, env=kube_env, timeout=60)
+    assert shown.returncode == 1 and "DeadlineExceeded" in shown.stdout
+
+    runs(kube_client).patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, "tiny-demo", {"metadata": {"annotations": {"egt.dev/retry": "1"}}}
+    )
+    wait_for(lambda: stage_state(kube_client, "tiny-demo", "prepare") == "Running", timeout=15)
+    retried = child(kubelet, "tiny-demo", "prepare")
+    assert "conditions" not in (retried.get("status") or {})  # a new Job, not the failed one
+    kubelet.complete_job("tiny-demo-prepare")
+    wait_for(lambda: stage_state(kube_client, "tiny-demo", "annotate") == "Running", timeout=15)
+    assert condition(kube_client, "tiny-demo")["status"] == "Unknown"
+
+
+def test_deleting_a_run_deletes_its_children(kube_client, kubelet, operator, tmp_path) -> None:
+    create_run(kube_client, run_document(tmp_path))
+    child(kubelet, "tiny-demo", "prepare")
+    assert kubelet.list("ConfigMap", run="tiny-demo")
+    runs(kube_client).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "tiny-demo")
+    wait_for(lambda: not kubelet.list("EGTRun"), timeout=15, what="the run gone (finalizer removed)")
+    assert kubelet.jobs(run="tiny-demo") == [] and kubelet.list("ConfigMap", run="tiny-demo") == []
+
+
+def test_an_invalid_run_is_rejected_with_its_field(kube_client, tmp_path) -> None:
+    document = run_document(tmp_path)
+    document["spec"]["curate"]["strategy"] = "lowest"
+    with pytest.raises(k8s.ApiException) as rejected:
+        create_run(kube_client, document)
+    assert rejected.value.status == 422 and "spec.curate.strategy" in rejected.value.body
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(document))
+    egt = [str(Path(sys.executable).parent / "egt"), "submit", str(path)]
+    refused = subprocess.run(egt, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "spec.curate.strategy" in refused.stderr
+
+
+def play_kubelet(kubelet: Kubelet, run: str, fail: str | None, stop: threading.Event) -> None:
+    """Complete each stage's child when it appears (fail the one named ``fail``)."""
+    done: set[str] = set()
+    while not stop.is_set() and len(done) < len(STAGES):
+        for stage in STAGES:
+            kind = WATCHED.get(stage, "Job")
+            if stage not in done and kubelet.get(kind, f"{run}-{stage}"):
+                if stage == fail:
+                    kubelet.fail_job(f"{run}-{stage}", reason="BackoffLimitExceeded", message="OOMKilled")
+                    return
+                finish(kubelet, run, stage)
+                done.add(stage)
+        stop.wait(0.1)
+
+
+@pytest.mark.parametrize("fail", [None, "sft"])
+def test_egt_submit_waits_for_the_outcome(kubelet, operator, kube_env, tmp_path, fail) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run_document(tmp_path, name="placeholder")))
+    stop = threading.Event()
+    player = threading.Thread(target=play_kubelet, args=(kubelet, "ci-1234", fail, stop), daemon=True)
+    player.start()
+    egt = [str(Path(sys.executable).parent / "egt"), "submit", str(path), "--name", "ci-1234", "--wait"]
+    try:
+        done = subprocess.run(
+            [*egt, "--timeout", "60", "--poll", "0.2"],
+            capture_output=True,
+            text=True,
+            env=kube_env,
+            timeout=120,
+        )
+    finally:
+        stop.set()
+        player.join()
+    if fail is None:
+        assert done.returncode == 0, done.stderr
+        assert "egtrun/ci-1234 succeeded" in done.stdout and "rl: Succeeded (ci-1234-rl)" in done.stdout
+    else:
+        assert done.returncode == 1
+        assert "sft failed: BackoffLimitExceeded: OOMKilled" in done.stderr
