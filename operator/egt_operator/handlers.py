@@ -36,6 +36,8 @@ from egt_operator.store import store_verdict
 log = logging.getLogger(__name__)
 INTERVAL = float(os.environ.get("EGT_RECONCILE_SECONDS", "5"))
 _locks: dict[str, threading.Lock] = {}
+# Per run: (resourceVersion the last status write was based on, the status written).
+_written: dict[str, tuple[str | None, dict[str, Any]]] = {}
 _locks_guard = threading.Lock()
 
 
@@ -100,19 +102,28 @@ def drive(
     body: kopf.Body, name: str, namespace: str, job_index: kopf.Index, rayjob_index: kopf.Index, **_: Any
 ) -> None:
     """One reconcile pass; its plan carried out (children, then status, then Events)."""
+    key = f"{namespace}/{name}"
     with _lock(namespace, name):
-        fresh = _read(namespace, name)  # the handler's body may predate our own last status write
-        if fresh is None:
-            return
+        run = _latest(key, body)
         try:
-            plan = reconcile(
-                fresh, _children(namespace, name, job_index, rayjob_index), store_verdict, _now()
-            )
-            _apply(fresh, plan)
+            plan = reconcile(run, _children(namespace, name, job_index, rayjob_index), store_verdict, _now())
+            written = _apply(run, plan)
         except Exception:
             metrics.RECONCILE_ERRORS.inc()
             raise
-        metrics.observe(fresh, plan)
+        if written is not None:
+            _written[key] = (run["metadata"].get("resourceVersion"), plan.status)
+        metrics.observe(run, plan)
+
+
+def _latest(key: str, body: kopf.Body) -> dict[str, Any]:
+    """The run as kopf last saw it, with the status this operator wrote last if kopf has not seen
+    that write yet (its watch event can arrive after the next pass starts): no API request."""
+    run = copy.deepcopy(dict(body))
+    based_on, status = _written.get(key, (None, None))
+    if status is not None and run["metadata"].get("resourceVersion") == based_on:
+        run["status"] = copy.deepcopy(status)
+    return run
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
@@ -125,6 +136,7 @@ def delete_children(name: str, namespace: str, **_: Any) -> None:
             )
     metrics.forget(namespace, name)
     _locks.pop(f"{namespace}/{name}", None)
+    _written.pop(f"{namespace}/{name}", None)
 
 
 def _lock(namespace: str, name: str) -> threading.Lock:
@@ -136,29 +148,23 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _read(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return client.CustomObjectsApi().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-
-
-def _apply(run: dict[str, Any], plan: Plan) -> None:
+def _apply(run: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
+    """Carry out the plan; returns the run as patched when the status was written."""
     meta = run["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     for obj in plan.delete:
         _delete(obj["kind"], obj["metadata"]["name"], namespace)
     for obj in plan.create:
         _create(obj)
+    written = None
     if plan.status != (run.get("status") or {}):
-        client.CustomObjectsApi().patch_namespaced_custom_object_status(
+        written = client.CustomObjectsApi().patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": plan.status}
         )
     for kind, reason, message in plan.events:
         kopf.event(run, type=kind, reason=reason, message=message)
         (log.warning if kind == "Warning" else log.info)("%s/%s %s: %s", namespace, name, reason, message)
+    return written
 
 
 # ---- Kubernetes objects by kind -----------------------------------------------------------------
