@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from egt.spec import EGTRunSpec, TeacherSpec
+from egt.spec import TeacherSpec
 from egt.stages.base import StageContext, StageResult
 from egt.stages.data import ImageLoader, load_pool
 from egt.stages.progress import sharded
@@ -33,10 +33,6 @@ def make_teacher(spec: TeacherSpec) -> Teacher:
         max_retries=spec.max_retries,
         max_concurrency=spec.max_concurrency,
     )
-
-
-def fingerprint(spec: EGTRunSpec) -> dict:
-    return spec.annotate.model_dump(mode="json")
 
 
 def run(ctx: StageContext) -> StageResult:

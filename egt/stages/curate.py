@@ -7,13 +7,8 @@ report can show what entropy curation removed against what chance would have rem
 from __future__ import annotations
 
 from egt.algorithms.curation import METRIC_COLUMNS, curate, removal_report
-from egt.spec import EGTRunSpec
 from egt.stages.base import StageContext, StageResult
 from egt.storage.records import read_records, write_records
-
-
-def fingerprint(spec: EGTRunSpec) -> dict:
-    return spec.curate.model_dump(mode="json")
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -13,16 +13,12 @@ from collections.abc import Callable, Sequence
 
 from egt.engines.hf import HFJudge, JudgeInput
 from egt.judge import is_well_formed, parse_answer, swap_label
-from egt.spec import EGTRunSpec, EvaluateSpec
+from egt.spec import EvaluateSpec
 from egt.stages.base import StageContext, StageResult
 from egt.stages.data import ImageLoader, eval_sets, load_pool, model_dir
 from egt.stages.progress import bar
 from egt.stages.sft import judge_input
 from egt.storage.records import write_records
-
-
-def fingerprint(spec: EGTRunSpec) -> dict:
-    return spec.evaluate.model_dump(mode="json")
 
 
 def swapped(item: JudgeInput) -> JudgeInput:

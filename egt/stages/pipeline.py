@@ -2,30 +2,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
+from typing import Any
 
 from egt.spec import EGTRun
-from egt.stages import annotate, curate, evaluate, prepare, probe, rl, sft
+from egt.stages import fingerprints
 from egt.stages.base import Stage, merge_parts
 from egt.storage.manifest import read_manifest
 from egt.storage.store import ArtifactStore
 
+
+def _in(stage: str, function: str = "run") -> Callable[..., Any]:
+    """``egt.stages.<stage>.<function>``, imported on first call: reading the pipeline (the operator
+    deciding what to skip) needs no engine, running a stage does."""
+
+    def call(*args: Any) -> Any:
+        return getattr(import_module(f"egt.stages.{stage}"), function)(*args)
+
+    return call
+
+
 PIPELINE: tuple[Stage, ...] = (
-    Stage("prepare", (), prepare.fingerprint, prepare.run),
-    Stage("annotate", ("prepare",), annotate.fingerprint, annotate.run),
-    Stage("sft", ("prepare", "annotate"), sft.fingerprint, sft.run),
+    Stage("prepare", (), fingerprints.prepare, _in("prepare")),
+    Stage("annotate", ("prepare",), fingerprints.annotate, _in("annotate")),
+    Stage("sft", ("prepare", "annotate"), fingerprints.sft, _in("sft")),
     Stage(
         "probe",
         ("prepare", "sft"),
-        probe.fingerprint,
-        probe.run,
+        fingerprints.probe,
+        _in("probe"),
         parts=lambda s: s.probe.num_shards,
-        merge=probe.merge,
+        merge=_in("probe", "merge"),
         replicas=lambda s: s.probe.replicas_per_node,
     ),
-    Stage("curate", ("probe",), curate.fingerprint, curate.run),
-    Stage("rl", ("sft", "curate"), rl.fingerprint, rl.run),
-    Stage("evaluate", ("prepare", "sft", "rl"), evaluate.fingerprint, evaluate.run),
+    Stage("curate", ("probe",), fingerprints.curate, _in("curate")),
+    Stage("rl", ("sft", "curate"), fingerprints.rl, _in("rl")),
+    Stage("evaluate", ("prepare", "sft", "rl"), fingerprints.evaluate, _in("evaluate")),
 )
 STAGES = {stage.name: stage for stage in PIPELINE}
 

@@ -10,7 +10,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from egt.spec import EGTRunSpec
 from egt.stages.base import StageContext, StageResult
 from egt.stages.data import split_uri, validate_records
 from egt.storage.manifest import digest_bytes
@@ -32,25 +31,6 @@ def model_digest(path: str, endpoint_url: str | None) -> str:
     listing = "\n".join(files).encode()
     config = store.read_bytes("config.json") if "config.json" in files else b""
     return digest_bytes(listing + config)
-
-
-def fingerprint(spec: EGTRunSpec) -> dict[str, Any]:
-    endpoint = spec.store.endpoint_url
-    external: dict[str, str] = {}
-    if spec.model.path is not None:
-        external["model"] = model_digest(spec.model.path, endpoint)
-    if spec.data.synthetic is None:
-        pools = {
-            "sft": spec.data.sft,
-            "rl": spec.data.rl,
-            **{f"eval/{k}": v for k, v in spec.data.eval.items()},
-        }
-        external.update({name: external_digest(uri, endpoint) for name, uri in pools.items()})
-    return {
-        "model": spec.model.model_dump(mode="json"),
-        "data": spec.data.model_dump(mode="json"),
-        "external": external,
-    }
 
 
 def build_synthetic(ctx: StageContext) -> tuple[dict[str, str], dict[str, int], dict[str, Any]]:

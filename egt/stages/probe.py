@@ -12,7 +12,6 @@ import numpy as np
 from egt.engines.hf import HFJudge
 from egt.engines.probe import finite, probe_records
 from egt.metrics import ENTROPY_BUCKETS
-from egt.spec import EGTRunSpec
 from egt.stages.base import StageContext, StageResult
 from egt.stages.data import ImageLoader, load_pool, model_dir
 from egt.stages.progress import sharded
@@ -23,26 +22,6 @@ from egt.storage.shards import partition
 
 ACCURACY_BINS = 5
 
-
-# Settings that change speed, not results, stay out of the fingerprint.
-_SPEED_ONLY = {
-    "num_shards": True,
-    "replicas_per_node": True,
-    "shard_size": True,
-    "batch_size": True,
-    "vllm": {
-        "tensor_parallel_size",
-        "gpu_memory_utilization",
-        "max_num_seqs",
-        "enforce_eager",
-        "enable_prefix_caching",
-    },
-}
-
-
-def fingerprint(spec: EGTRunSpec) -> dict:
-    probe = spec.probe.model_dump(mode="json", exclude=_SPEED_ONLY)
-    return {"probe": probe, "dtype": spec.model.dtype}
 
 
 def accuracy_by_entropy_bin(records: list[dict], bins: int = ACCURACY_BINS) -> list[dict]:

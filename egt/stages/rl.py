@@ -20,7 +20,7 @@ from egt.engines.deepspeed_engine import require_images
 from egt.engines.hf import JudgeInput
 from egt.engines.rl import Learner, RolloutWorker, advantages, pad, score_rollouts
 from egt.referee import ChatReferee, Referee, RulesReferee
-from egt.spec import EGTRunSpec, RefereeSpec
+from egt.spec import RefereeSpec
 from egt.stages.base import StageContext, StageResult
 from egt.stages.data import ImageLoader
 from egt.stages.progress import bar
@@ -29,11 +29,6 @@ from egt.storage.records import read_records
 
 log = logging.getLogger(__name__)
 ACTOR_START_TIMEOUT = 600  # seconds; loading a 7B checkpoint from network storage can take minutes
-
-
-def fingerprint(spec: EGTRunSpec) -> dict:
-    rl = spec.rl.model_dump(mode="json", exclude={"rollout_workers"})
-    return {"rl": rl, "dtype": spec.model.dtype}
 
 
 def make_referee(spec: RefereeSpec) -> Referee:

@@ -29,18 +29,12 @@ from egt.engines.sft import (
     total_steps,
     train,
 )
-from egt.spec import EGTRunSpec
 from egt.stages.base import StageContext, StageResult
 from egt.stages.data import ImageLoader, model_dir
 from egt.stages.progress import bar
 from egt.storage.records import read_records
 
 log = logging.getLogger(__name__)
-
-
-def fingerprint(spec: EGTRunSpec) -> dict:
-    # The number of processes is not part of it: 1 or N processes train the same model.
-    return {"sft": spec.sft.model_dump(mode="json"), "dtype": spec.model.dtype}
 
 
 def judge_input(record: dict, images: ImageLoader) -> JudgeInput:

@@ -7,6 +7,8 @@ creates, deletes the ones it deletes, and the run's status between passes.
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -188,3 +190,12 @@ def test_child_phases():
     assert child_phase({"kind": "RayJob", "status": {"jobDeploymentStatus": "Running"}})[0] == "Running"
     stopped = {"kind": "RayJob", "status": {"jobDeploymentStatus": "Complete", "jobStatus": "STOPPED"}}
     assert child_phase(stopped)[:2] == ("Failed", "RayJobStopped")
+
+
+def test_the_operator_imports_no_engine():
+    # The operator image is slim: deciding what to skip reads the pipeline's fingerprints, not its engines.
+    heavy = "{'torch', 'transformers', 'ray'}"
+    code = f"import sys, egt_operator.handlers; print(sorted({heavy} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
