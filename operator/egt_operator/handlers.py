@@ -2,11 +2,12 @@
 
 Run with ``kopf run -m egt_operator.handlers --all-namespaces`` (the chart's Deployment does; one
 replica, see docs/operator.md). Every EGTRun is reconciled when it is created, changed or found at
-start-up (resume after an operator restart), and every ``EGT_RECONCILE_SECONDS`` (default 5) by a
-timer that follows its children. The children are read from kopf's in-memory indexes of the Jobs and
-RayJobs labelled ``egt.dev/run`` (kept current by watch streams), so a pass makes no API request
-unless something changed: then it creates or deletes children, patches the run's status and posts
-Events. Passes over one run never overlap (a lock per run).
+start-up (resume after an operator restart), whenever one of its children changes, and every
+``EGT_RECONCILE_SECONDS`` (default 30) as a safety net. The run and its children are read from
+kopf's in-memory indexes (the EGTRuns, and the Jobs and RayJobs labelled ``egt.dev/run``, kept
+current by watch streams), so a pass makes no API request unless something changed: then it creates
+or deletes children, patches the run's status and posts Events. Passes over one run never overlap
+(a lock per run).
 
 Kubernetes garbage collection deletes children through their ownerReferences; the delete handler
 also deletes them itself, so a run's children are gone when it is (even where no garbage collector
@@ -34,7 +35,7 @@ from egt_operator.reconcile import Plan, reconcile
 from egt_operator.store import store_verdict
 
 log = logging.getLogger(__name__)
-INTERVAL = float(os.environ.get("EGT_RECONCILE_SECONDS", "5"))
+INTERVAL = float(os.environ.get("EGT_RECONCILE_SECONDS", "30"))
 _locks: dict[str, threading.Lock] = {}
 # Per run: (resourceVersion the last status write was based on, the status written).
 _written: dict[str, tuple[str | None, dict[str, Any]]] = {}
@@ -94,12 +95,41 @@ def _children(namespace: str, name: str, *indexes: kopf.Index) -> dict[str, dict
 # ---- reconcile ----------------------------------------------------------------------------------
 
 
+@kopf.index(GROUP, VERSION, PLURAL)
+def run_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict:
+    return {(namespace, name): copy.deepcopy(dict(body))}
+
+
 @kopf.on.create(GROUP, VERSION, PLURAL, id="on-create")
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="on-resume")
 @kopf.on.update(GROUP, VERSION, PLURAL, id="on-update")
 @kopf.timer(GROUP, VERSION, PLURAL, id="follow", interval=INTERVAL, initial_delay=INTERVAL)
 def drive(
     body: kopf.Body, name: str, namespace: str, job_index: kopf.Index, rayjob_index: kopf.Index, **_: Any
+) -> None:
+    """A pass when the run is created, changed or found at start-up, and every INTERVAL seconds."""
+    reconcile_run(namespace, name, body, job_index, rayjob_index)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT})
+@kopf.on.event("ray.io", "v1", "rayjobs", labels={RUN_LABEL: kopf.PRESENT})
+def child_changed(
+    namespace: str,
+    labels: Mapping[str, str],
+    run_index: kopf.Index,
+    job_index: kopf.Index,
+    rayjob_index: kopf.Index,
+    **_: Any,
+) -> None:
+    """A pass over the child's run as soon as the child changes (kopf updates the indexes first),
+    so a finished stage starts the next one without waiting for the timer."""
+    name = labels[RUN_LABEL]
+    for body in run_index.get((namespace, name), []):
+        reconcile_run(namespace, name, body, job_index, rayjob_index)
+
+
+def reconcile_run(
+    namespace: str, name: str, body: Mapping[str, Any], job_index: kopf.Index, rayjob_index: kopf.Index
 ) -> None:
     """One reconcile pass; its plan carried out (children, then status, then Events)."""
     key = f"{namespace}/{name}"
@@ -116,7 +146,7 @@ def drive(
         metrics.observe(run, plan)
 
 
-def _latest(key: str, body: kopf.Body) -> dict[str, Any]:
+def _latest(key: str, body: Mapping[str, Any]) -> dict[str, Any]:
     """The run as kopf last saw it, with the status this operator wrote last if kopf has not seen
     that write yet (its watch event can arrive after the next pass starts): no API request."""
     run = copy.deepcopy(dict(body))
@@ -129,11 +159,14 @@ def _latest(key: str, body: kopf.Body) -> dict[str, Any]:
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 def delete_children(name: str, namespace: str, **_: Any) -> None:
     """Delete the run's Jobs, RayJob, Service and ConfigMaps (and, with them, their pods)."""
-    for kind, items in _labelled(namespace, name):
-        for item in items:
-            _delete(
-                kind, item.metadata.name if hasattr(item, "metadata") else item["metadata"]["name"], namespace
-            )
+    with _lock(namespace, name):  # no pass creates a child while they are being deleted
+        for kind, items in _labelled(namespace, name):
+            for item in items:
+                _delete(
+                    kind,
+                    item.metadata.name if hasattr(item, "metadata") else item["metadata"]["name"],
+                    namespace,
+                )
     metrics.forget(namespace, name)
     _locks.pop(f"{namespace}/{name}", None)
     _written.pop(f"{namespace}/{name}", None)

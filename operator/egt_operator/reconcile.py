@@ -154,6 +154,8 @@ def reconcile(
     meta = body["metadata"]
     generation = int(meta.get("generation") or 1)
     status = copy.deepcopy(dict(body.get("status") or {}))
+    if meta.get("deletionTimestamp"):  # being deleted: its children go, nothing new starts
+        return Plan(status=status)
     stages = {name: dict(status.get("stages", {}).get(name) or {"state": "Pending"}) for name in STAGES}
     conditions = list(status.get("conditions") or [])
     plan = Plan(status=status)

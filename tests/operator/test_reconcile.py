@@ -199,3 +199,10 @@ def test_the_operator_imports_no_engine():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_run_being_deleted_starts_nothing():
+    cluster = Cluster()
+    cluster.body["metadata"]["deletionTimestamp"] = NOW
+    plan = cluster.step()
+    assert plan.create == [] and plan.events == []
