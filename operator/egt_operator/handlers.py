@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,8 +38,7 @@ from egt_operator.store import store_verdict
 log = logging.getLogger(__name__)
 INTERVAL = float(os.environ.get("EGT_RECONCILE_SECONDS", "30"))
 _locks: dict[str, threading.Lock] = {}
-# Per run: (resourceVersion the last status write was based on, the status written).
-_written: dict[str, tuple[str | None, dict[str, Any]]] = {}
+_written: dict[str, _Written] = {}  # per run: see _latest
 _locks_guard = threading.Lock()
 
 
@@ -142,18 +142,45 @@ def reconcile_run(
             metrics.RECONCILE_ERRORS.inc()
             raise
         if written is not None:
-            _written[key] = (run["metadata"].get("resourceVersion"), plan.status)
+            _remember(key, run["metadata"].get("resourceVersion"), written, plan.status)
         metrics.observe(run, plan)
 
 
+@dataclass
+class _Written:
+    """The status this operator wrote last for a run, and the resourceVersions it superseded."""
+
+    status: dict[str, Any]
+    produced: str | None  # the resourceVersion the write gave the run
+    stale: set[str] = field(default_factory=set)
+
+
 def _latest(key: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    """The run as kopf last saw it, with the status this operator wrote last if kopf has not seen
-    that write yet (its watch event can arrive after the next pass starts): no API request."""
+    """The run as kopf last saw it, with the status this operator wrote last while kopf's copy
+    predates that write (watch events can arrive after the next pass starts): no API request.
+
+    resourceVersions are opaque, so "older" is what this operator saw superseded: every version a
+    write was based on, and every version a write produced before the latest one.
+    """
     run = copy.deepcopy(dict(body))
-    based_on, status = _written.get(key, (None, None))
-    if status is not None and run["metadata"].get("resourceVersion") == based_on:
-        run["status"] = copy.deepcopy(status)
+    written = _written.get(key)
+    if written is not None:
+        version = run["metadata"].get("resourceVersion")
+        if version in written.stale:
+            run["status"] = copy.deepcopy(written.status)
+        elif version == written.produced:
+            written.stale.clear()  # kopf has caught up
     return run
+
+
+def _remember(key: str, based_on: str | None, response: Mapping[str, Any], status: dict[str, Any]) -> None:
+    written = _written.get(key)
+    stale = written.stale if written is not None else set()
+    if written is not None and written.produced is not None:
+        stale.add(written.produced)
+    if based_on is not None:
+        stale.add(based_on)
+    _written[key] = _Written(copy.deepcopy(status), response["metadata"].get("resourceVersion"), stale)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,12 @@ def kube_env(kubeconfig: Path) -> dict[str, str]:
     """The environment of a CLI pointed at the emulator."""
     env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
     return env | {"KUBECONFIG": str(kubeconfig)}
+
+
+def operator_metrics(operator) -> str:
+    port = operator.env["EGT_METRICS_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
 
 
 def runs(kube_client) -> k8s.CustomObjectsApi:
@@ -105,6 +112,11 @@ def test_a_whole_run_with_a_restart_in_every_stage(kube_client, kubelet, operato
     assert [r["metadata"]["name"] for r in kubelet.list("RayJob", run="tiny-demo")] == ["tiny-demo-rl"]
     reasons = {e.get("reason") for e in kubelet.list("Event")}
     assert {"StageSkipped", "StageStarted", "StageSucceeded", "RunSucceeded"} <= reasons
+    # The last operator saw evaluate run from start to end, and the run succeed.
+    exported = operator_metrics(operator)
+    assert 'egt_operator_runs{state="Succeeded"} 1.0' in exported
+    assert 'egt_operator_stage_duration_seconds_count{stage="evaluate",state="Succeeded"} 1.0' in exported
+    assert "egt_operator_reconcile_errors_total 0.0" in exported
 
 
 def test_a_failed_stage_fails_the_run_and_a_retry_resumes_it(
@@ -119,6 +131,7 @@ def test_a_failed_stage_fails_the_run_and_a_retry_resumes_it(
     failed = condition(kube_client, "tiny-demo")
     assert failed["reason"] == "StageFailed"
     assert "prepare failed: DeadlineExceeded: Job was active longer than allowed" in failed["message"]
+    assert 'egt_operator_runs{state="Failed"} 1.0' in operator_metrics(operator)
     egt = [str(Path(sys.executable).parent / "egt"), "status", "tiny-demo"]
     shown = subprocess.run(egt, capture_output=True, text=True, env=kube_env, timeout=60)
     assert shown.returncode == 1 and "DeadlineExceeded" in shown.stdout
