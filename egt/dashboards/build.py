@@ -149,14 +149,12 @@ def stage_timeline() -> dict:
 def probe_panels() -> list[dict]:
     """The probe's answer-entropy histogram and its accuracy per entropy bin (EGT Figure 2)."""
     buckets = f"sum by (le) ({selector('egt_probe_answer_entropy_nats_bucket', shard='all')})"
-    histogram = panel(
-        "bargauge",
+    histogram = bargauge(
         "Probe answer-entropy distribution",
         "Samples of the RL pool per answer-token entropy bucket (nats, eq. 3), from the histogram "
         "egt_probe_answer_entropy_nats of the whole pool (shard 'all'). '+Inf': no parseable answer.",
         [target("A", buckets, "{{le}}", instant=True, fmt="heatmap")],
         "none",
-        options={"orientation": "vertical", "displayMode": "basic", "showUnfilled": True},
     )
     accuracy = bargauge(
         "Probe accuracy per answer-entropy bin",
@@ -372,9 +370,9 @@ def panel_targets(spec: dict) -> list[tuple[dict, dict]]:
 
 
 def run_failed() -> dict:
-    """A run the operator reports Failed (its stage failed after the retries) or Invalid (bad spec).
+    """A run the operator reports Failed (a stage's child failed) or Invalid (a spec that cannot run).
 
-    Both states are final, so the alert fires at once and lasts until the run is deleted or retried.
+    Both states last until a person retries, fixes or deletes the run, so the alert fires at once.
     """
     return {
         "alert": "EGTRunFailed",
