@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -27,6 +28,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from egt.cli import parser
 from egt.spec import ClusterSpec, MetricsSpec
 from egt_operator.children import RUN_AS
 from egt_operator.crd import REGENERATE
@@ -641,3 +643,17 @@ def test_gpu_check_runs_the_collective_it_ships(rendered):
         )
     assert done.returncode == 0, done.stderr
     assert "all_reduce 4 MiB over 2 CPU processes" in done.stdout and "gpu check passed" in done.stdout
+
+
+def test_readme_cluster_walkthrough_commands(helm):
+    """README's "Run it on a cluster": its helm install renders (dry run) and its egt commands parse."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Run it on a cluster", 1)[1].split("\n## ", 1)[0]
+    commands = [line.split("#")[0].strip() for line in section.splitlines()]
+    [install] = [command for command in commands if command.startswith("helm install")]
+    dry_run = [str(helm), *shlex.split(install)[1:], "--dry-run=client"]
+    done = subprocess.run(dry_run, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for command in commands:
+        if command.startswith("egt "):
+            parser().parse_args(shlex.split(command)[1:])
