@@ -60,9 +60,19 @@ def run(ctx: StageContext) -> StageResult:
     def to_input(record: dict):
         return judge_input(record, images)
 
-    started = time.perf_counter()
+    started, probed = time.perf_counter(), 0
+
+    def probe_shard(shard: list[dict]) -> list[dict]:
+        nonlocal probed
+        out = probe(shard, to_input)
+        probed += len(shard)
+        # Pushed per shard: a running probe shows progress (and the stall alert sees it alive).
+        ctx.metrics.set("probe_samples_done", probed, "Samples probed by this attempt so far")
+        ctx.metrics.push()
+        return out
+
     with probe_engine(ctx) as probe:
-        out = sharded(ctx, records, spec.shard_size, lambda shard: probe(shard, to_input), "sample")
+        out = sharded(ctx, records, spec.shard_size, probe_shard, "sample")
     ctx.metrics.set(
         "probe_samples_per_second",
         len(out) / (time.perf_counter() - started),

@@ -96,6 +96,7 @@ def train_stage(ctx: StageContext, current: World) -> StageResult:
                     "sft_loss", state.losses[-1], "SFT loss (mean NLL of assistant tokens) of the last step"
                 )
                 ctx.metrics.set("sft_step", state.step, "SFT optimizer steps done")
+                ctx.metrics.push()  # every step: the loss curve and stall alerts follow a running stage
             if state.step % spec.checkpoint_every_steps == 0 and state.step < steps:
                 save_checkpoint(engine, ctx.store, checkpoints, state, local_checkpoints, current)
 
