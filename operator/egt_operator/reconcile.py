@@ -222,9 +222,14 @@ def reconcile(
                 condition("Progressing", "False", "Suspended", f"suspended before {name}")
                 return finish(f"suspended before {name}")
             plan.create.extend(objects)
-            stages[name] = {"state": "Running", "startTime": now, "child": child_name}
-            plan.transitions.append((name, "Running"))
-            plan.events.append(("Normal", "StageStarted", f"{name}: created {watched['kind']} {child_name}"))
+            # Running without a child in view: created by an earlier pass and not yet seen through
+            # the watch (the create then answers 409, harmless), or deleted by hand (made again).
+            if stage["state"] != "Running":
+                stages[name] = {"state": "Running", "startTime": now, "child": child_name}
+                plan.transitions.append((name, "Running"))
+                plan.events.append(
+                    ("Normal", "StageStarted", f"{name}: created {watched['kind']} {child_name}")
+                )
             return _progressing(plan, condition, finish, f"{name}: running")
 
         observed_digest = (child["metadata"].get("annotations") or {}).get(SPEC_ANNOTATION)

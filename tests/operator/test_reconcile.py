@@ -206,3 +206,12 @@ def test_a_run_being_deleted_starts_nothing():
     cluster.body["metadata"]["deletionTimestamp"] = NOW
     plan = cluster.step()
     assert plan.create == [] and plan.events == []
+
+
+def test_a_child_not_yet_seen_is_created_again_without_a_new_start():
+    cluster = Cluster()
+    cluster.step()
+    cluster.children.clear()  # the watch has not delivered the new Job yet
+    plan = cluster.step()
+    assert [o["kind"] for o in plan.create][-1] == "Job"  # idempotent: a 409 adopts it
+    assert plan.events == [] and plan.transitions == []
