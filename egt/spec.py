@@ -389,6 +389,10 @@ class StageResources(Section):
     memory: str = Field("8Gi", description="Memory request per pod.")
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.IGNORECASE)
+
+
 class ClusterSpec(Section):
     """How stages run on Kubernetes: image, GPU placement, Secrets, resources."""
 
@@ -402,6 +406,27 @@ class ClusterSpec(Section):
     resources: dict[StageName, StageResources] = Field(
         default_factory=dict, description="Per-stage pod resources; stages not listed get the defaults."
     )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment of every stage pod, e.g. NCCL_SOCKET_IFNAME, NCCL_IB_HCA. Never "
+        "secrets: those come from s3_secret / teacher_secret.",
+    )
+    shm_size: str | None = Field(
+        None, description="Size limit of GPU pods' memory-backed /dev/shm (e.g. 16Gi); unset = no limit."
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _no_secrets_in_env(cls, env: dict[str, str]) -> dict[str, str]:
+        for name in env:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"cluster.env name {name!r} is not an environment variable name")
+            if _SECRET_NAME.search(name):
+                raise ValueError(
+                    f"cluster.env {name!r} looks like a secret; pass it through a Kubernetes Secret "
+                    "(s3_secret, teacher_secret), never in the run file"
+                )
+        return env
 
 
 class MetricsSpec(Section):

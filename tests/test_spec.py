@@ -15,9 +15,9 @@ import yaml
 from egt.spec import STAGES, EGTRun, SpecError, dump_run, load_run, parse_run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-# The two examples the README points at, plus whatever else lands in examples/ later.
+# The run files the README points at, plus any other egtrun*.yaml (values-*.yaml are Helm values).
 EXPECTED_EXAMPLES = ("egtrun-tiny.yaml", "egtrun.yaml")
-EXAMPLE_NAMES = sorted({*EXPECTED_EXAMPLES, *(p.name for p in EXAMPLES.glob("*.yaml"))})
+EXAMPLE_NAMES = sorted({*EXPECTED_EXAMPLES, *(p.name for p in EXAMPLES.glob("egtrun*.yaml"))})
 
 MINIMAL: dict[str, Any] = {
     "apiVersion": "egt.dev/v1alpha1",
@@ -461,3 +461,12 @@ def test_schema_rejects_unknown_fields_like_the_model():
     for name, obj in _schema_objects().items():
         if name != "Metadata" and obj.get("type") == "object" and "properties" in obj:
             assert obj.get("additionalProperties") is False, name
+
+
+def test_cluster_env_refuses_secrets():
+    doc = copy.deepcopy(MINIMAL)
+    doc["spec"]["cluster"] = {"env": {"OPENAI_API_KEY": "sk-123"}}
+    with pytest.raises(SpecError, match="looks like a secret"):
+        parse_run(doc)
+    doc["spec"]["cluster"] = {"env": {"NCCL_SOCKET_IFNAME": "eth0"}}
+    assert parse_run(doc).spec.cluster.env == {"NCCL_SOCKET_IFNAME": "eth0"}

@@ -185,7 +185,12 @@ def _env(run: Run, stage: str) -> list[dict[str, Any]]:
                 "pods only from a Secret: set cluster.teacher_secret"
             )
         env.append(_secret_env(endpoint.api_key_env, cluster.teacher_secret, endpoint.api_key_env))
-    return env
+    return env + [{"name": name, "value": value} for name, value in sorted(cluster.env.items())]
+
+
+def _shm(run: Run) -> dict[str, Any]:
+    size = run.spec.cluster.shm_size
+    return {"medium": "Memory", **({"sizeLimit": size} if size else {})}
 
 
 def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
@@ -247,7 +252,7 @@ def _pod_template(run: Run, stage: str, container: dict, res: StageResources, **
         "volumes": [
             {"name": "spec", "configMap": {"name": config_map(run)["metadata"]["name"]}},
             {"name": "scratch", "emptyDir": {}},
-            *([{"name": "shm", "emptyDir": {"medium": "Memory"}}] if res.gpus_per_node else []),
+            *([{"name": "shm", "emptyDir": _shm(run)}] if res.gpus_per_node else []),
         ],
     }
     cluster = run.spec.cluster

@@ -46,8 +46,10 @@ def example_spec(name: str) -> EGTRunSpec:
 
 
 def multi_node() -> EGTRunSpec:
-    """The paper's run spread out: SFT on 4 nodes, 8 probe shards on 3 nodes, RL on 2 worker nodes."""
+    """The paper's run spread out: SFT on 4 nodes, 8 probe shards on 3 nodes (one engine per pod,
+    transformers), RL on 2 worker nodes."""
     spec = example_spec("egtrun.yaml").model_dump(mode="json")
+    spec["probe"].update(engine="hf", replicas_per_node=1)
     resources = spec["cluster"]["resources"]
     resources["sft"]["nodes"], resources["probe"]["nodes"], resources["rl"]["nodes"] = 4, 3, 2
     return EGTRunSpec.model_validate(spec)
@@ -274,7 +276,11 @@ def test_gpu_stages_get_gpus_placement_and_shared_memory():
         assert template["spec"]["tolerations"] == [
             {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
         ]
-        assert {"name": "shm", "emptyDir": {"medium": "Memory"}} in template["spec"]["volumes"]
+        assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in template["spec"][
+            "volumes"
+        ]
+        [container] = template["spec"]["containers"]
+        assert {"name": "NCCL_SOCKET_IFNAME", "value": "eth0"} in container["env"]  # cluster.env
     for stage in ("prepare", "annotate", "curate"):  # CPU stages stay off the GPU nodes
         template = pod_templates(render(run, stage)[-1])[0]
         assert "nodeSelector" not in template["spec"] and "tolerations" not in template["spec"]
@@ -354,10 +360,9 @@ def test_probe_indexed_job():
     one_shard = only(render(RUNS["tiny"](), "probe"), "Job")
     assert one_shard["spec"]["completions"] == one_shard["spec"]["parallelism"] == 1
     # Replicas: each pod runs several parts (one vLLM engine per GPU), so fewer pods complete.
-    replicated = RUNS["multi-node"]()
-    replicated.spec.probe.replicas_per_node = 4
+    replicated = RUNS["paper"]()  # 8 parts, 8 vLLM replicas on the one 8-GPU pod
     job = only(render(replicated, "probe"), "Job")
-    assert job["spec"]["completions"] == 2 and job["spec"]["parallelism"] == 2
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 1
 
 
 # --- rl: a RayJob ------------------------------------------------------------------------------------
