@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -107,8 +106,7 @@ def serve_emulator() -> None:
 
 
 def start_emulator() -> tuple[subprocess.Popen, str]:
-    profile = ["-m", "cProfile", "-o", "/tmp/emu.prof"] if os.environ.get("EGT_PROFILE_EMULATOR") else []
-    command = [sys.executable, *profile, str(Path(__file__)), "--serve"]
+    command = [sys.executable, str(Path(__file__)), "--serve"]
     emulator = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     return emulator, emulator.stdout.readline().strip()
 
