@@ -66,11 +66,25 @@ def connect_ray(actors: int):
         if not ray.is_initialized():
             ray.init(address="auto", log_to_driver=False)
         return ray
-    if ray.is_initialized() and ray.cluster_resources().get("CPU", 0) < actors:
-        ray.shutdown()  # a local instance from an earlier, smaller run in this process
+    environment = _store_environment()
+    if ray.is_initialized() and (
+        ray.cluster_resources().get("CPU", 0) < actors or environment != _local_ray_environment
+    ):
+        ray.shutdown()  # a local instance from an earlier run in this process, too small or stale
     if not ray.is_initialized():
         ray.init(num_cpus=max(os.cpu_count() or 1, actors), include_dashboard=False, log_to_driver=False)
+        _local_ray_environment.clear()
+        _local_ray_environment.update(environment)
     return ray
+
+
+# Local Ray workers inherit the environment of the process that started Ray: the store credentials
+# the actors need (they read the model from the store) are those of that moment.
+_local_ray_environment: dict[str, str] = {}
+
+
+def _store_environment() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if name.startswith("AWS_")}
 
 
 def split(items: list, parts: int) -> list[list]:
