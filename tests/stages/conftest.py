@@ -49,3 +49,23 @@ def make_run(doc: dict, store_uri: str, endpoint_url: str | None = None) -> EGTR
     doc = copy.deepcopy(doc)
     doc["spec"]["store"] = {"uri": store_uri, "endpoint_url": endpoint_url}
     return parse_run(doc, "test")
+
+
+@pytest.fixture
+def alternating_rewards(monkeypatch) -> None:
+    """Rewards 0, 1, 0, 1, … for the rl stage's rollouts.
+
+    A barely trained tiny model can earn the same reward on every rollout, which whitens to zero
+    advantages and no update; alternating rewards make every step move the learner.
+    """
+    from egt.stages import rl as rl_stage
+
+    real_score = rl_stage.score_rollouts
+
+    def alternating(texts, labels, logic, spec):
+        scored = real_score(texts, labels, logic, spec)
+        for index, rollout in enumerate(scored):
+            rollout.reward = float(index % 2)
+        return scored
+
+    monkeypatch.setattr(rl_stage, "score_rollouts", alternating)

@@ -36,20 +36,11 @@ def rl_doc(small_run_doc):
     return small_run_doc
 
 
-def test_rollout_weights_equal_the_learners_after_every_sync(rl_doc, tmp_path: Path, monkeypatch) -> None:
+def test_rollout_weights_equal_the_learners_after_every_sync(
+    rl_doc, tmp_path: Path, alternating_rewards
+) -> None:
     # Two learner ranks under ZeRO-3: the synced weights are gathered from both ranks' shards.
     rl_doc["spec"]["rl"].update({"learner_workers": 2, "zero_stage": 3})
-    # A barely trained tiny model can earn the same reward on every rollout, which whitens to zero
-    # advantages and no update; alternate the rewards so every step moves the learner.
-    real_score = rl_stage.score_rollouts
-
-    def alternating(texts, labels, logic, spec):
-        scored = real_score(texts, labels, logic, spec)
-        for index, rollout in enumerate(scored):
-            rollout.reward = float(index % 2)
-        return scored
-
-    monkeypatch.setattr(rl_stage, "score_rollouts", alternating)
     run = make_run(rl_doc, str(tmp_path / "store"))
     store, _ = run_local(run, tmp_path / "work", stop="curate", progress=False, echo=quiet)
     ctx = StageContext(run, store, "rl", StageMetrics(run.name, "rl", None), tmp_path / "rl")

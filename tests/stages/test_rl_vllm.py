@@ -26,17 +26,7 @@ pytestmark = [
 ]
 
 
-def test_vllm_rollout_workers_follow_the_learner(small_run_doc, tmp_path: Path, monkeypatch) -> None:
-    # Alternating rewards: every step has non-zero advantages, so every update moves the policy.
-    real_score = rl_stage.score_rollouts
-
-    def alternating(texts, labels, logic, spec):
-        scored = real_score(texts, labels, logic, spec)
-        for index, rollout in enumerate(scored):
-            rollout.reward = float(index % 2)
-        return scored
-
-    monkeypatch.setattr(rl_stage, "score_rollouts", alternating)
+def test_vllm_rollout_workers_follow_the_learner(small_run_doc, tmp_path: Path, alternating_rewards) -> None:
     small_run_doc["spec"]["rl"].update(
         {"rollout_engine": "vllm", "vllm": {"enforce_eager": True}, "learning_rate": 1e-2}
     )
