@@ -36,11 +36,12 @@ def rl_doc(small_run_doc):
     return small_run_doc
 
 
+# One learner rank (ZeRO-2), and two under ZeRO-3, whose synced weights are gathered from both shards.
+@pytest.mark.parametrize("learners,zero_stage", [(1, 2), (2, 3)])
 def test_rollout_weights_equal_the_learners_after_every_sync(
-    rl_doc, tmp_path: Path, alternating_rewards
+    rl_doc, tmp_path: Path, alternating_rewards, learners: int, zero_stage: int
 ) -> None:
-    # Two learner ranks under ZeRO-3: the synced weights are gathered from both ranks' shards.
-    rl_doc["spec"]["rl"].update({"learner_workers": 2, "zero_stage": 3})
+    rl_doc["spec"]["rl"].update({"learner_workers": learners, "zero_stage": zero_stage})
     run = make_run(rl_doc, str(tmp_path / "store"))
     store, _ = run_local(run, tmp_path / "work", stop="curate", progress=False, echo=quiet)
     ctx = StageContext(run, store, "rl", StageMetrics(run.name, "rl", None), tmp_path / "rl")
@@ -49,8 +50,8 @@ def test_rollout_weights_equal_the_learners_after_every_sync(
     ray = driver.ray
     try:
         for step in range(2):
-            before, none = driver.on_learners("weights")
-            assert none is None  # only rank 0 returns the weights
+            before, *others = driver.on_learners("weights")
+            assert others == [None] * (learners - 1)  # only rank 0 returns the weights
             driver.step(rl_stage.batch_for_step(curated, step, 3), step)
             learner = driver.on_learners("weights")[0]
             assert any(not torch.equal(before[name], learner[name]) for name in learner), "no update"
