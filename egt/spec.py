@@ -415,6 +415,10 @@ class ClusterSpec(Section):
         None, description="Size limit of GPU pods' memory-backed /dev/shm (e.g. 16Gi); unset = no limit."
     )
 
+    def resources_for(self, stage: str) -> StageResources:
+        """The stage's pod resources; the defaults where the stage is not listed."""
+        return self.resources.get(stage) or StageResources()
+
     @field_validator("env")
     @classmethod
     def _no_secrets_in_env(cls, env: dict[str, str]) -> dict[str, str]:

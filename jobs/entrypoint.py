@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from egt.spec import SpecError, StageResources, load_run
+from egt.spec import SpecError, load_run
 from egt.stages.base import execute_stage
 from egt.stages.pipeline import get_stage, merge_missing_upstreams
 
@@ -77,7 +77,7 @@ def run_replicas(stage: str, argv: list[str] | None, run, pod: int, replicas: in
     independent: a failed one does not stop the others, and the pod fails if any failed (a retry
     then runs only the parts without a manifest). SIGTERM (pod deletion) is passed on to them.
     """
-    gpus = run.spec.cluster.resources.get(stage, StageResources()).gpus_per_node
+    gpus = run.spec.cluster.resources_for(stage).gpus_per_node
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(gpus)))).split(",")
     visible = [device for device in visible if device]
     if len(visible) % replicas:

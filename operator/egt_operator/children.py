@@ -154,7 +154,7 @@ def config_map(run: Run) -> dict[str, Any]:
 
 def resources(run: Run, stage: str) -> StageResources:
     """The stage's pod resources from ``cluster.resources``, the spec's defaults where unlisted."""
-    return run.spec.cluster.resources.get(stage) or StageResources()
+    return run.spec.cluster.resources_for(stage)
 
 
 def _env(run: Run, stage: str) -> list[dict[str, Any]]:
