@@ -54,34 +54,32 @@ def is_well_formed(text: str) -> bool:
 
 
 def parse_answer(text: str) -> int | None:
-    """The 1 or 2 inside the first <answer> block, or None if there is no parseable answer."""
+    """The 1 or 2 inside the first well-formed <answer> block, or None if there is no parseable answer."""
     match = _ANSWER.search(text)
     return int(match.group(1)) if match else None
 
 
 def answer_token_index(pieces: Sequence[str]) -> int | None:
-    """Index of the generated token that emits the answer: the first token after ``<answer>``.
+    """Index of the generated token that emits the answer that :func:`parse_answer` reads.
 
     ``pieces`` are the decoded texts of the generated tokens, in order; their concatenation is the
-    output text. The tag may span several tokens and a token may run past its end, so the search is
-    on character offsets: the answer token is the one holding the first character after the tag.
-    Returns None when the output has no ``<answer>`` tag or nothing follows it.
+    output text. The answer is the digit of the first ``<answer>1</answer>`` / ``<answer>2</answer>``
+    block, found by the same pattern as :func:`parse_answer`, so the entropy is read where the
+    prediction was made: in ``<think>use <answer> tags</think><answer>2</answer>`` that is the ``2``,
+    not the token after the first ``<answer>`` string. A token may hold more than the digit (the tag,
+    spaces), so the search is on character offsets: the answer token is the one holding the digit.
+    Returns None when :func:`parse_answer` finds no answer.
     """
-    text = "".join(pieces)
-    tag = text.find(ANSWER_OPEN)
-    if tag < 0:
+    match = _ANSWER.search("".join(pieces))
+    if match is None:
         return None
-    target = tag + len(ANSWER_OPEN)
-    # Skip whitespace between the tag and the answer: the answer token is the first non-blank one.
-    while target < len(text) and text[target].isspace():
-        target += 1
-    start = 0
+    target, start = match.start(1), 0
     for index, piece in enumerate(pieces):
         end = start + len(piece)
         if start <= target < end:
             return index
         start = end
-    return None
+    raise AssertionError("unreachable: the digit lies inside the joined pieces")
 
 
 def swap_label(label: int) -> int:

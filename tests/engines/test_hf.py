@@ -14,7 +14,7 @@ import torch
 
 from egt.engines.hf import Generation, decode_pieces
 from egt.engines.probe import entropy_columns, probe_batch, token_entropies
-from egt.judge import answer_token_index
+from egt.judge import answer_token_index, parse_answer
 from tests.engines.conftest import IM_END, IMAGE_PAD, expected_prompt
 
 MAX_NEW = 12
@@ -209,6 +209,19 @@ def test_answer_token_index_on_real_tokens(judge):
         tag_end = max(i for i in range(len(ids)) if tokenizer.decode(ids[: i + 1]).endswith("<answer>"))
         assert index == next(i for i in range(tag_end + 1, len(ids)) if tokenizer.decode([ids[i]]).strip())
 
+
+
+def test_answer_token_is_the_digit_the_prediction_is_parsed_from(judge):
+    """A reasoning that mentions the tag must not move the entropy off the parsed answer."""
+    tokenizer = judge.tokenizer
+    text = "<think>use <answer> tags</think><answer>2</answer>"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = decode_pieces(tokenizer, ids)
+    index = answer_token_index(pieces)
+    assert parse_answer(text) == 2
+    assert pieces[index] == "2"
+    assert "".join(pieces[:index]).endswith("</think><answer>")
+    assert answer_token_index(decode_pieces(tokenizer, tokenizer("<think>use <answer> tags</think>")["input_ids"])) is None
 
 def test_entropy_columns(judge):
     tokenizer = judge.tokenizer
