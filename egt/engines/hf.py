@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from transformers import GenerationConfig
 
 from egt.judge import judge_messages
 from egt.models.loading import load_model, load_processor
@@ -96,6 +97,33 @@ class HFJudge:
         return {name: value.to(self.device) for name, value in batch.items()}
 
     # ---- generation ----------------------------------------------------------------------------
+    def generation_config(self, max_new_tokens: int, temperature: float) -> GenerationConfig:
+        """Every option that shapes the next-token distribution, set: raw logits, greedy or tempered.
+
+        Entropies and π_old are computed from the raw logits, so the tokens must come from those
+        logits too. A checkpoint's own ``generation_config.json`` (Qwen2.5-VL-7B-Instruct's sets
+        ``repetition_penalty``, ``top_k``, ``top_p``, ``temperature``) must not reshape them:
+        :meth:`generate` also hides it from transformers, which fills every unset option from it.
+        """
+        sampling = temperature > 0
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=sampling,
+            temperature=temperature if sampling else 1.0,
+            top_k=0,
+            top_p=1.0,
+            typical_p=1.0,
+            epsilon_cutoff=0.0,
+            eta_cutoff=0.0,
+            repetition_penalty=1.0,
+            encoder_repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            num_beams=1,
+            num_return_sequences=1,
+            pad_token_id=self.pad_id,
+            eos_token_id=sorted(self.end_ids),
+        )
+
     @torch.no_grad()
     def generate(
         self,
@@ -104,23 +132,17 @@ class HFJudge:
         temperature: float = 0.0,
         seed: int | None = None,
     ) -> list[Generation]:
-        """Greedy when ``temperature == 0``, else sampling from the full tempered distribution."""
+        """Greedy when ``temperature == 0``, else sampling from the full tempered distribution; the
+        checkpoint's generation defaults never apply (:meth:`generation_config`)."""
         batch = self.encode(items)
-        sampling = temperature > 0
         if seed is not None:
             torch.manual_seed(seed)
-        options = (
-            {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
-            if sampling
-            else {"do_sample": False}
-        )
-        output = self.model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=self.pad_id,
-            eos_token_id=sorted(self.end_ids),
-            **options,
-        )
+        config = self.generation_config(max_new_tokens, temperature)
+        own, self.model.generation_config = self.model.generation_config, GenerationConfig()
+        try:
+            output = self.model.generate(**batch, generation_config=config)
+        finally:
+            self.model.generation_config = own
         completions = output[:, batch["input_ids"].shape[1] :].tolist()
         return [self.to_generation(ids) for ids in completions]
 

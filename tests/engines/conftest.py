@@ -11,6 +11,7 @@ decoding writes a different token at every step.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -76,6 +77,28 @@ def sharp_dir(tiny_dir, tmp_path_factory) -> Path:
         embedding = model.model.language_model.embed_tokens.weight  # tied: also the lm_head
         embedding.copy_(torch.randn(embedding.shape, generator=generator) * 0.5)
     model.save_pretrained(out)
+    return out
+
+
+# What Qwen2.5-VL-7B-Instruct's generation_config.json does, and more: every option would change
+# greedy or sampled tokens if an engine let the checkpoint reshape the raw distribution.
+OPINIONATED_GENERATION = {
+    "repetition_penalty": 3.0,
+    "no_repeat_ngram_size": 1,
+    "top_k": 1,
+    "top_p": 0.1,
+    "temperature": 0.1,
+}
+
+
+@pytest.fixture(scope="session")
+def opinionated_dir(sharp_dir, tmp_path_factory) -> Path:
+    """The sharp model with a generation_config.json that sets penalties and top-k/p: engines must
+    generate exactly as from the sharp model (they sample from raw logits)."""
+    out = tmp_path_factory.mktemp("opinionated") / "model"
+    shutil.copytree(sharp_dir, out)
+    config_file = out / "generation_config.json"
+    config_file.write_text(json.dumps(json.loads(config_file.read_text()) | OPINIONATED_GENERATION))
     return out
 
 

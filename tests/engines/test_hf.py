@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from egt.engines.hf import Generation, decode_pieces
+from egt.engines.hf import Generation, HFJudge, decode_pieces
 from egt.engines.probe import entropy_columns, probe_batch, token_entropies
 from egt.judge import answer_token_index, parse_answer
 from tests.engines.conftest import IM_END, IMAGE_PAD, expected_prompt
@@ -116,6 +116,22 @@ def test_sampling_is_seeded(judge, items):
     assert [g.token_ids for g in first] == [g.token_ids for g in again]
 
 
+def test_checkpoint_generation_config_does_not_reshape_sampling(judge, items, greedy, opinionated_dir):
+    """Entropies and π_old come from raw logits; a checkpoint's penalties must not steer generation."""
+    opinionated = HFJudge.from_dir(opinionated_dir)
+    assert opinionated.model.generation_config.repetition_penalty == 3.0
+    # The checkpoint's settings would change these outputs: applied as transformers does by default, they do.
+    penalized = _generate(opinionated.model, opinionated.encode(items))
+    width = penalized.sequences.shape[1] - MAX_NEW
+    assert [_cut(row) for row in penalized.sequences[:, width:].tolist()] != [g.token_ids for g in greedy]
+    assert [g.token_ids for g in opinionated.generate(items, max_new_tokens=MAX_NEW)] == [
+        g.token_ids for g in greedy
+    ]
+    plain, steered = (j.generate(items, 6, temperature=1.0, seed=3) for j in (judge, opinionated))
+    assert [g.token_ids for g in plain] == [g.token_ids for g in steered]
+    assert opinionated.model.generation_config.repetition_penalty == 3.0  # restored after generating
+
+
 def _prefix_generations(judge, reference) -> list[Generation]:
     rows = reference["tokens"].tolist()
     assert all(IM_END not in row[:n] for row, n in zip(rows, PREFIXES, strict=True))
@@ -210,7 +226,6 @@ def test_answer_token_index_on_real_tokens(judge):
         assert index == next(i for i in range(tag_end + 1, len(ids)) if tokenizer.decode([ids[i]]).strip())
 
 
-
 def test_answer_token_is_the_digit_the_prediction_is_parsed_from(judge):
     """A reasoning that mentions the tag must not move the entropy off the parsed answer."""
     tokenizer = judge.tokenizer
@@ -221,7 +236,13 @@ def test_answer_token_is_the_digit_the_prediction_is_parsed_from(judge):
     assert parse_answer(text) == 2
     assert pieces[index] == "2"
     assert "".join(pieces[:index]).endswith("</think><answer>")
-    assert answer_token_index(decode_pieces(tokenizer, tokenizer("<think>use <answer> tags</think>")["input_ids"])) is None
+    assert (
+        answer_token_index(
+            decode_pieces(tokenizer, tokenizer("<think>use <answer> tags</think>")["input_ids"])
+        )
+        is None
+    )
+
 
 def test_entropy_columns(judge):
     tokenizer = judge.tokenizer
