@@ -12,6 +12,7 @@ building a report neither needs a display nor changes the calling process's glob
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from egt.algorithms.curation import METRIC_COLUMNS
+from egt.report.effect import (
+    CONFIDENT_ENTROPY,
+    clean_accuracy,
+    fifth_accuracies,
+    likely_flips,
+    reward_trend,
+    separation,
+)
 from egt.spec import STAGES, EGTRun
 from egt.stages.base import ATTEMPT_FILE
 from egt.storage.manifest import Manifest, manifest_digest, manifest_key, read_manifest
@@ -31,6 +40,7 @@ from egt.storage.records import read_records
 from egt.storage.store import ArtifactStore
 
 REPORT_NAME = "report.md"
+EFFECT_FILE = "effect.json"  # the numbers of "What this run shows", for docs and comparisons
 PLOTS = (
     "sft_loss.png",
     "entropy_histogram.png",
@@ -277,6 +287,119 @@ def summary_section(ctx: Context) -> list[str]:
         kinds = kinds_in_order([k for counts in pools.values() for k in counts])
         lines += ["Truth kinds injected by the synthetic data (pairs per pool):", ""]
         lines += table(("pool", *kinds), [(p, *(c.get(k, 0) for k in kinds)) for p, c in pools.items()])
+    return lines
+
+
+def effect_numbers(ctx: Context) -> dict[str, Any] | None:
+    """The EGT-effect measurements (egt.report.effect) of this run; None without probe truth columns."""
+    if ctx.manifest("probe") is None:
+        return None
+    records = read_records(ctx.store, ctx.output("probe", "probed"))
+    if not any("truth_kind" in r for r in records):
+        return None
+    fifths = fifth_accuracies(records)
+    flags = likely_flips(records)
+    numbers: dict[str, Any] = {
+        "probe_clean_accuracy": clean_accuracy(records),
+        "auroc_answer_entropy": separation(records, "answer_entropy"),
+        "auroc_sentence_entropy": separation(records, "sentence_entropy"),
+        "accuracy_lowest_fifth": fifths[0] if fifths else None,
+        "accuracy_highest_fifth": fifths[1] if fifths else None,
+        "flagged_likely_flips": flags.flagged,
+        "flagged_true_flips": flags.true_flips,
+        "flipped_in_pool": flags.flips,
+        "flipped_answered_against_label": flags.flips_answered_against_label,
+    }
+    curate = ctx.manifest("curate")
+    removed = curate.metrics.get("removed_by_truth_kind", {}) if curate else {}
+    chance = curate.metrics.get("random_removed_by_truth_kind", {}) if curate else {}
+    for kind in NOISE_KINDS:
+        if kind in removed and kind in chance:
+            numbers[f"{kind}_removed"] = removed[kind]["removed_share"]
+            numbers[f"{kind}_removed_random"] = chance[kind]["removed_share"]
+    if ctx.manifest("rl") is not None:
+        trend = reward_trend(ctx.store.read_json(ctx.output("rl", "history")))
+        if trend:
+            numbers["rl_reward_first_quarter"], numbers["rl_reward_last_quarter"] = trend
+    if ctx.manifest("evaluate") is not None:
+        results = ctx.store.read_json(ctx.output("evaluate", "results"))
+        for model in ("sft", "rl"):
+            for name, scores in results.get(model, {}).items():
+                numbers[f"eval_{model}_{name}_accuracy"] = scores.get("accuracy")
+                numbers[f"eval_{model}_{name}_pairs"] = scores.get("pairs")
+    return numbers
+
+
+def effect_section(ctx: Context) -> list[str]:
+    """What the run shows about the method, in plain words, from the probe's and curate's outputs."""
+    lines = ["## What this run shows", ""]
+    numbers = effect_numbers(ctx)
+    if numbers is None:
+        return [
+            *lines,
+            "The probed pool has no truth columns (or probing has not run): the EGT effect cannot be "
+            "checked against known noise here. Sections 4 and 5 show the entropies and curation.",
+            "",
+        ]
+    (ctx.out_dir / EFFECT_FILE).write_text(json.dumps(numbers, indent=2) + "\n", encoding="utf-8")
+    answer, sentence = numbers["auroc_answer_entropy"], numbers["auroc_sentence_entropy"]
+    low, high = numbers["accuracy_lowest_fifth"], numbers["accuracy_highest_fifth"]
+    rows = [
+        (
+            "probe accuracy on clean pairs",
+            pct(numbers["probe_clean_accuracy"]),
+            "well above 50%: the task was learned",
+        ),
+        ("AUROC, answer-token entropy (eq. 3), ambiguous vs clean", num(answer), "above 0.5"),
+        ("AUROC, mean token entropy (eq. 4), ambiguous vs clean", num(sentence), "above 0.5"),
+        ("accuracy, lowest-entropy fifth / highest fifth", f"{pct(low)} / {pct(high)}", "first above second"),
+    ]
+    if "ambiguous_removed" in numbers:
+        mine, chance = numbers["ambiguous_removed"], numbers["ambiguous_removed_random"]
+        rows.append(
+            (
+                "ambiguous pairs removed: entropy curation / random",
+                f"{pct(mine)} / {pct(chance)}",
+                "first above second",
+            )
+        )
+    lines += table(("measure", "this run", "what the method expects"), rows)
+    if answer is not None and sentence is not None:
+        if answer <= 0.5 < sentence:
+            lines += [
+                "The answer-token entropy does not separate ambiguous pairs here, while the mean token "
+                "entropy does: the reasoning settles the uncertainty before the answer is written.",
+                "",
+            ]
+        elif answer > 0.5:
+            lines += [
+                "Answer-token entropy is higher on ambiguous pairs than on clean ones "
+                f"(AUROC {num(answer)}).",
+                "",
+            ]
+        else:
+            lines += ["Neither entropy is higher on ambiguous pairs than on clean ones in this run.", ""]
+    flips = numbers["flipped_in_pool"]
+    if flips:
+        against = numbers["flipped_answered_against_label"]
+        flagged, true = numbers["flagged_likely_flips"], numbers["flagged_true_flips"]
+        share = f" ({pct(true / flagged)} of them truly flipped)" if flagged else ""
+        lines += [
+            f"Flipped pairs: the probe answered {against} of the pool's {flips} flipped pairs against "
+            "their (wrong) label; entropy is not meant to remove these, a judge that learned the task is "
+            f"confident on them. Confident answers (answer entropy ≤ {CONFIDENT_ENTROPY:.3f} nats, a 90/10 "
+            f"choice) that disagree with the label were flagged as likely flips: {flagged}{share}, "
+            f"catching {true} of the {flips} flips.",
+            "",
+        ]
+    if "rl_reward_first_quarter" in numbers:
+        first, last = numbers["rl_reward_first_quarter"], numbers["rl_reward_last_quarter"]
+        verdict = "rose" if last > first else "did not rise"
+        lines += [
+            f"RL's mean reward {verdict}: {num(first)} over the first quarter of steps, "
+            f"{num(last)} over the last.",
+            "",
+        ]
     return lines
 
 
@@ -596,6 +719,7 @@ def evaluation_section(ctx: Context) -> list[str]:
 
 SECTIONS: tuple[Callable[[Context], list[str]], ...] = (
     summary_section,
+    effect_section,
     annotation_section,
     sft_section,
     probe_section,
@@ -613,7 +737,7 @@ def write_report(store: ArtifactStore, run: EGTRun, out_dir: Path) -> Path:
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in PLOTS:
+    for name in (*PLOTS, EFFECT_FILE):
         (out_dir / name).unlink(missing_ok=True)
     stages = {name: stage_view(store, run.name, name) for name in STAGES}
     ctx = Context(store, run, out_dir, stages)
@@ -623,7 +747,7 @@ def write_report(store: ArtifactStore, run: EGTRun, out_dir: Path) -> Path:
     path = out_dir / REPORT_NAME
     path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
     prefix = f"{run.name}/report"
-    for name in PLOTS:
+    for name in (*PLOTS, EFFECT_FILE):
         if not (out_dir / name).exists():
             store.delete(f"{prefix}/{name}")
     store.upload_dir(out_dir, prefix)

@@ -384,3 +384,81 @@ def test_a_manifest_that_does_not_validate_is_named_not_fatal(store: FileStore, 
     assert "Stage `curate` has a manifest that does not validate (invalid manifest" in section(text, 5)
     assert "finished, but stale: `curate` changed since it ran" in section(text, 1)
     assert "RL is above SFT" in section(text, 7)
+
+
+def effect_records() -> list[dict]:
+    """Ten pairs whose diagnostics can be worked out by hand (see the test)."""
+    rows = [
+        # kind, answer entropy, sentence entropy, prediction, label
+        ("clean", 0.01, 0.3, 1, 1),
+        ("clean", 0.02, 0.3, 2, 2),
+        ("clean", 0.03, 0.3, 1, 1),
+        ("clean", 0.04, 0.9, 2, 1),  # a confident mistake: flagged, not a flip
+        ("clean", 0.50, 0.3, 1, 1),
+        ("clean", 0.60, 0.3, 2, 2),
+        ("ambiguous", 0.69, 0.9, 1, 2),
+        ("ambiguous", 0.05, 0.9, 2, 2),
+        ("flipped", 0.01, 0.3, 1, 2),  # answered against its wrong label, confidently: flagged
+        ("flipped", 0.70, 0.3, 2, 2),
+    ]
+    return [
+        {
+            "id": f"rl-{i}",
+            "truth_kind": kind,
+            "answer_entropy": answer,
+            "sentence_entropy": sentence,
+            "mix_entropy": answer * sentence,
+            "probe_prediction": prediction,
+            "label": label,
+            "probe_correct": prediction == label,
+            "probe_well_formed": True,
+            "probe_tokens": 20,
+        }
+        for i, (kind, answer, sentence, prediction, label) in enumerate(rows)
+    ]
+
+
+def test_what_the_run_shows_is_measured_from_the_probe_and_curate_outputs(store: FileStore, tmp_path: Path):
+    run_all(store, records=effect_records())
+    text = report_text(store, tmp_path / "report")
+    body = text[text.index("## What this run shows") : text.index("## 2.")]
+    numbers = json.loads((tmp_path / "report" / "effect.json").read_text())
+    # clean: 5 of 6 right. Answer AUROC: 0.69 beats all 6 clean, 0.05 beats 4 -> 10/12.
+    # Sentence AUROC: 0.9 vs [0.3 ×5, 0.9]: each ambiguous beats 5, ties 1 -> 11/12.
+    # Fifths (2 each): lowest 0.01 (clean, right), 0.01 (flipped, wrong) -> 50%;
+    # highest 0.69 (wrong), 0.70 (right) -> 50%.
+    assert numbers["probe_clean_accuracy"] == pytest.approx(5 / 6)
+    assert numbers["auroc_answer_entropy"] == pytest.approx(10 / 12)
+    assert numbers["auroc_sentence_entropy"] == pytest.approx(11 / 12)
+    assert (numbers["accuracy_lowest_fifth"], numbers["accuracy_highest_fifth"]) == (0.5, 0.5)
+    assert (numbers["flagged_likely_flips"], numbers["flagged_true_flips"], numbers["flipped_in_pool"]) == (
+        2,
+        1,
+        2,
+    )
+    assert numbers["ambiguous_removed"] == 0.8 and numbers["ambiguous_removed_random"] == 0.4
+    assert numbers["eval_rl_eval_accuracy"] == 0.7
+    assert "| probe accuracy on clean pairs | 83.3% |" in body
+    assert "0.833" in body and "80.0% / 40.0%" in body
+    assert "Answer-token entropy is higher on ambiguous pairs" in body
+    assert "flagged as likely flips: 2 (50.0% of them truly flipped), catching 1 of the 2 flips" in body
+    # history rewards 0.6, 0.7, 0.8: first quarter (one step) 0.6, last 0.8
+    assert "RL's mean reward rose: 0.600 over the first quarter of steps, 0.800 over the last." in body
+    assert store.exists(f"{RUN_NAME}/report/effect.json")
+
+
+def test_an_answer_entropy_that_does_not_separate_is_said_so(store: FileStore, tmp_path: Path):
+    records = effect_records()
+    for r in records:
+        if r["truth_kind"] == "ambiguous":
+            r["answer_entropy"] = 0.001  # settled before the answer; the reasoning carries the doubt
+    run_all(store, records=records)
+    text = report_text(store, tmp_path / "report")
+    assert "The answer-token entropy does not separate ambiguous pairs here, while the mean token" in text
+
+
+def test_real_data_has_no_effect_numbers(store: FileStore, tmp_path: Path):
+    run_all(store, synthetic=False)
+    text = report_text(store, tmp_path / "report")
+    assert "the EGT effect cannot be checked against known noise here" in text
+    assert not (tmp_path / "report" / "effect.json").exists()
