@@ -110,7 +110,8 @@ class HFJudge:
             max_new_tokens=max_new_tokens,
             do_sample=sampling,
             temperature=temperature if sampling else 1.0,
-            top_k=0,
+            # top_k only matters when sampling (greedy is the raw argmax); transformers warns on it otherwise
+            top_k=0 if sampling else None,
             top_p=1.0,
             typical_p=1.0,
             epsilon_cutoff=0.0,
