@@ -30,6 +30,7 @@ from egt.report.effect import (
     clean_accuracy,
     fifth_accuracies,
     likely_flips,
+    removed_share_by_lowest,
     reward_trend,
     separation,
 )
@@ -40,6 +41,8 @@ from egt.storage.records import read_records
 from egt.storage.store import ArtifactStore
 
 REPORT_NAME = "report.md"
+# An AUROC below this is read as "does not separate" in the report's words (0.5 is chance).
+SEPARATES = 0.6
 EFFECT_FILE = "effect.json"  # the numbers of "What this run shows", for docs and comparisons
 PLOTS = (
     "sft_loss.png",
@@ -317,6 +320,12 @@ def effect_numbers(ctx: Context) -> dict[str, Any] | None:
         if kind in removed and kind in chance:
             numbers[f"{kind}_removed"] = removed[kind]["removed_share"]
             numbers[f"{kind}_removed_random"] = chance[kind]["removed_share"]
+    if curate is not None and "ambiguous" in removed:
+        # What each entropy would have removed at the size curation kept (the paper's Table 4 choice).
+        for metric, column in METRIC_COLUMNS.items():
+            numbers[f"ambiguous_removed_by_lowest_{metric}"] = removed_share_by_lowest(
+                records, column, curate.counts["kept"], "ambiguous"
+            )
     if ctx.manifest("rl") is not None:
         trend = reward_trend(ctx.store.read_json(ctx.output("rl", "history")))
         if trend:
@@ -363,22 +372,31 @@ def effect_section(ctx: Context) -> list[str]:
                 "first above second",
             )
         )
+    by_metric = {m: numbers.get(f"ambiguous_removed_by_lowest_{m}") for m in METRIC_COLUMNS}
+    if any(v is not None for v in by_metric.values()):
+        shares = ", ".join(f"{m} {pct(v)}" for m, v in by_metric.items())
+        rows.append(("ambiguous removed keeping the same number by each entropy", shares, "—"))
     lines += table(("measure", "this run", "what the method expects"), rows)
     if answer is not None and sentence is not None:
-        if answer <= 0.5 < sentence:
+        if answer < SEPARATES <= sentence:
             lines += [
-                "The answer-token entropy does not separate ambiguous pairs here, while the mean token "
-                "entropy does: the reasoning settles the uncertainty before the answer is written.",
+                f"The answer-token entropy does not separate ambiguous pairs here (AUROC {num(answer)}), "
+                f"while the mean token entropy does ({num(sentence)}): the reasoning settles the "
+                "uncertainty before the answer is written, so the answer token is confident either way.",
                 "",
             ]
-        elif answer > 0.5:
+        elif answer >= SEPARATES:
             lines += [
                 "Answer-token entropy is higher on ambiguous pairs than on clean ones "
                 f"(AUROC {num(answer)}).",
                 "",
             ]
         else:
-            lines += ["Neither entropy is higher on ambiguous pairs than on clean ones in this run.", ""]
+            lines += [
+                "Neither entropy separates ambiguous from clean pairs in this run "
+                f"(AUROC below {SEPARATES}).",
+                "",
+            ]
     flips = numbers["flipped_in_pool"]
     if flips:
         against = numbers["flipped_answered_against_label"]

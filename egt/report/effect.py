@@ -127,3 +127,16 @@ def reward_trend(history: Sequence[dict], key: str = "reward_mean") -> tuple[flo
         return None
     quarter = max(1, len(values) // 4)
     return sum(values[:quarter]) / quarter, sum(values[-quarter:]) / quarter
+
+
+def removed_share_by_lowest(records: Sequence[dict], key: str, keep: int, kind: str) -> float | None:
+    """Share of ``kind`` pairs a curation keeping the ``keep`` lowest-``key`` records would remove.
+
+    Lets a run compare what each entropy (answer, mean token, mix) would have removed at the size
+    curation actually kept. Ties are broken by record order. None when the pool has no ``kind``.
+    """
+    in_pool = sum(r.get("truth_kind") == kind for r in records)
+    if not in_pool:
+        return None
+    kept = sorted(records, key=lambda r: r[key])[:keep]
+    return 1 - sum(r.get("truth_kind") == kind for r in kept) / in_pool

@@ -13,6 +13,7 @@ from egt.report.effect import (
     clean_accuracy,
     fifth_accuracies,
     likely_flips,
+    removed_share_by_lowest,
     reward_trend,
     separation,
 )
@@ -90,3 +91,12 @@ def test_reward_trend_compares_the_first_and_last_quarters():
         1.0,
         2.0,
     )
+
+
+def test_removed_share_by_lowest():
+    records = [_record("clean", 0.1, True), _record("ambiguous", 0.9, True), _record("ambiguous", 0.05, True)]
+    records[2]["sentence_entropy"] = 2.0
+    assert removed_share_by_lowest(records, "answer_entropy", 2, "ambiguous") == 0.5
+    assert removed_share_by_lowest(records, "sentence_entropy", 2, "ambiguous") == 0.5
+    assert removed_share_by_lowest(records, "sentence_entropy", 1, "ambiguous") == 1.0  # a tie: record order
+    assert removed_share_by_lowest(records, "answer_entropy", 1, "flipped") is None

@@ -454,7 +454,8 @@ def test_an_answer_entropy_that_does_not_separate_is_said_so(store: FileStore, t
             r["answer_entropy"] = 0.001  # settled before the answer; the reasoning carries the doubt
     run_all(store, records=records)
     text = report_text(store, tmp_path / "report")
-    assert "The answer-token entropy does not separate ambiguous pairs here, while the mean token" in text
+    assert "The answer-token entropy does not separate ambiguous pairs here (AUROC 0.000)" in text
+    assert "while the mean token entropy does (0.917)" in text
 
 
 def test_real_data_has_no_effect_numbers(store: FileStore, tmp_path: Path):
