@@ -137,6 +137,9 @@ class VLLMEngine:
             limit_mm_per_prompt={"image": max_images, "video": 0},
             logits_processors=list(logits_processors),
             seed=seed,
+            # The checkpoint's generation_config.json (repetition penalty, top-k/p) must not become the
+            # requests' defaults: entropies and π_old are computed from the raw logits.
+            generation_config="vllm",
             **options,
         )
         # Prompts and decoding only (no model): the HF engine's chat template and token pieces.
@@ -161,13 +164,18 @@ class VLLMEngine:
         extra_args: dict | None = None,
     ):
         """One request's ``SamplingParams``: greedy when temperature is 0, else the full tempered
-        distribution (no top-p/top-k, as on the HF engine); stops at the end-of-turn tokens."""
+        distribution (no top-p/top-k/min-p, no penalties: every option that reshapes the logits is set,
+        as on the HF engine); stops at the end-of-turn tokens."""
         from vllm import SamplingParams
 
         return SamplingParams(
             temperature=temperature,
             top_p=1.0,
             top_k=0,  # disabled: sampling (temperature > 0) draws from the full tempered distribution
+            min_p=0.0,
+            repetition_penalty=1.0,
+            presence_penalty=0.0,
+            frequency_penalty=0.0,
             max_tokens=max_new_tokens,
             stop_token_ids=sorted(self.text.end_ids),
             seed=seed,

@@ -47,9 +47,11 @@ def pairs(items) -> list[JudgeInput]:
 
 
 @pytest.fixture(scope="module")
-def probe(sharp_dir):
+def probe(opinionated_dir):
+    """On the sharp model with an opinionated generation_config.json (conftest.py): every comparison
+    with transformers below also checks that vLLM generates from the raw logits."""
     with VLLMProbe(
-        sharp_dir, device="cpu", enforce_eager=True, max_model_len=1024, max_images=2, max_num_seqs=8
+        opinionated_dir, device="cpu", enforce_eager=True, max_model_len=1024, max_images=2, max_num_seqs=8
     ) as engine:
         yield engine
 
