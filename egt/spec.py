@@ -60,7 +60,7 @@ class TinyModelSpec(Section):
 
     seed: int = Field(0, description="Seed of the random weights.")
     hidden_size: int = Field(64, ge=64, multiple_of=32, description="Text hidden size (heads of 32 dims).")
-    num_layers: PositiveInt = Field(2, description="Text decoder layers.")
+    num_layers: PositiveInt = Field(4, description="Text decoder layers.")
 
 
 class ModelSpec(Section):
@@ -160,9 +160,10 @@ class TeacherSpec(ChatEndpointSpec):
     )
     error_rate: Fraction = Field(0.1, description="Scripted teacher only: probability of a wrong judgement.")
     seed: int = Field(0, description="Scripted teacher only: seed of its errors.")
-    style: Literal["detailed", "brief"] = Field(
+    style: Literal["detailed", "steps"] = Field(
         "detailed",
-        description="Scripted teacher only: 'brief' writes ~30-token reasoning a tiny model can learn.",
+        description="Scripted teacher only: 'steps' writes ~30 tokens of local reasoning steps a tiny "
+        "model can learn (docs/demo.md).",
     )
 
 
@@ -209,6 +210,11 @@ class SFTSpec(DeepSpeedSpec):
     seed: int = Field(0, description="Seed of the data order and dropout.")
     checkpoint_every_steps: PositiveInt = Field(
         50, description="Optimizer steps between resumable checkpoints."
+    )
+    logits_chunk_size: PositiveInt = Field(
+        256,
+        description="Labelled positions whose full-vocabulary logits exist at once in the loss (and its "
+        "gradient, formed in the same pass); only assistant tokens ever get logits.",
     )
 
 

@@ -82,3 +82,70 @@ def sft_nll_loss(logits: Tensor, targets: Tensor) -> Tensor:
     """
     total = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def chunked_linear_nll_sum(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 256) -> Tensor:
+    """Summed NLL ``-Σ log softmax(h W^T)[t]`` over the rows of ``hidden``: eq. 2's numerator, never
+    materializing all ``N × |V|`` logits (method.md stage 2).
+
+    A tiny judge's cost is its 151,936-row output layer, and the naive path holds ``N × |V|`` logits
+    several times over (logits, log-softmax, their gradient). Here only one ``chunk_size × |V|``
+    float32 block exists at a time, and when a gradient is wanted it is computed in the same pass:
+    ``∂/∂z = softmax(z) - onehot(t)``, so ``∂h = g W`` and ``∂W = Σ g^T h`` are formed per chunk and the
+    logits are never recomputed (three matmuls, the minimum). ``∂W`` accumulates in float32.
+
+    Args:
+        hidden: ``[N, d]`` final hidden states at the labelled positions only.
+        weight: ``[V, d]`` output embedding (the LM head; tied to the input embedding in small Qwens).
+        targets: ``[N]`` token ids, all valid.
+        chunk_size: rows per chunk.
+
+    Returns:
+        A float32 scalar; differentiable in ``hidden`` and ``weight``.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if hidden.shape[0] != targets.shape[0]:
+        raise ValueError(f"{hidden.shape[0]} hidden rows but {targets.shape[0]} targets")
+    wants_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return _ChunkedLinearNLL.apply(hidden, weight, targets, chunk_size, wants_grad)
+
+
+class _ChunkedLinearNLL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int, wants_grad: bool):
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if wants_grad and hidden.requires_grad else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            if wants_grad and weight.requires_grad
+            else None
+        )
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = hidden[start : start + chunk_size]
+            ids = targets[start : start + chunk_size]
+            logits = (rows @ weight.T).float()
+            normalizer = torch.logsumexp(logits, dim=-1)
+            total += (normalizer - logits.gather(1, ids.unsqueeze(1)).squeeze(1)).sum()
+            if not wants_grad:
+                continue
+            # softmax(z) - onehot(t), in place in the logits buffer
+            grad_logits = logits.sub_(normalizer.unsqueeze(1)).exp_()
+            grad_logits[torch.arange(len(ids), device=ids.device), ids] -= 1
+            grad_logits = grad_logits.to(hidden.dtype)
+            if grad_hidden is not None:
+                grad_hidden[start : start + chunk_size] = grad_logits @ weight
+            if grad_weight is not None:
+                grad_weight += grad_logits.T @ rows
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_output).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None, None

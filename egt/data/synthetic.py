@@ -12,7 +12,7 @@ the text alone gives no hint; the response order is random, so labels are ~50/50
 Noise kinds, recorded in the diagnostics-only ``truth_kind`` / ``truth_label`` columns:
 
 - ``clean``: one response is right; ``label`` names it;
-- ``ambiguous``: the image is split exactly half/half between the two named colours, so neither is
+- ``ambiguous``: the image is striped exactly half/half in the two named colours, so neither is
   right; ``label`` is random and ``truth_label`` is None;
 - ``flipped``: a clean pair whose ``label`` names the wrong response (annotation noise).
 """
@@ -53,17 +53,18 @@ QUERIES = {
         "What colour is the larger area?",
     ),
 }
+# Every answer template is six Qwen tokens with the colour (" red", one token) fifth: in every pair
+# the two colours sit at the same distance from the end of the prompt, so a judge can find each
+# response's colour by position alone (a tiny model learns that in a few hundred steps; a model that
+# must first learn where a variable-length response puts its colour does not; docs/demo.md).
 ANSWERS = {
-    "colour": ("The image is {}.", "It is {}.", "The main colour is {}."),
-    "majority": ("{} covers more of the image.", "Mostly {}.", "The larger area is {}."),
+    "colour": ("The main colour is {}.", "The whole image is {}.", "The picture is all {}."),
+    "majority": ("The larger area is {}.", "Most of it is {}.", "The bigger part is {}."),
 }
-# The dominant block of a clean "majority" image covers this share of it, so it is never a near tie.
-_MAJORITY_SHARE = (0.6, 0.85)
-
-
-def _answer(template: str, colour: str) -> str:
-    text = template.format(colour)
-    return text[0].upper() + text[1:]
+COLOUR_TOKEN_INDEX = 4  # the colour's position among an answer's six tokens
+# The dominant block of a clean "majority" image covers this share of it, so it is never a near tie:
+# at 112 pixels (4×4 image tokens) the smallest majority is 3 token rows against an ambiguous image's 2.
+_MAJORITY_SHARE = (0.7, 0.9)
 
 
 def _render(rng: np.random.Generator, size: int, first: str, second: str, cut: int) -> Image.Image:
@@ -79,17 +80,35 @@ def _render(rng: np.random.Generator, size: int, first: str, second: str, cut: i
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
+def _render_striped(rng: np.random.Generator, size: int, first: str, second: str) -> Image.Image:
+    """One-pixel stripes (random axis) of the two colours: each covers exactly half the image.
+
+    Stripes rather than two half blocks: then every image patch shows the split, and a tiny model can
+    see that no colour wins (with two blocks at 4×4 image tokens it could not tell 50/50 from 70/30
+    in the demo's training budget; docs/demo.md).
+    """
+    pixels = np.empty((size, size, 3), dtype=np.int16)
+    pixels[:] = np.array(COLOURS[second]) + rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, 3)
+    stripe = np.array(COLOURS[first]) + rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, 3)
+    if rng.integers(2):
+        pixels[::2] = stripe
+    else:
+        pixels[:, ::2] = stripe
+    pixels += rng.integers(-_PIXEL_NOISE, _PIXEL_NOISE + 1, pixels.shape, dtype=np.int16)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
 def _pair(rng: np.random.Generator, kind: str, size: int) -> tuple[str, Image.Image, str, str]:
     """The category, the image and the two colours the responses will name.
 
     For a clean pair the first colour is the right one; for an ambiguous pair the image holds both
-    colours in equal halves. A wrong "colour" answer names a colour absent from the image; a wrong
+    colours in equal stripes. A wrong "colour" answer names a colour absent from the image; a wrong
     "majority" answer names the smaller block, which is there too: seeing a colour is not enough.
     """
     category = str(rng.choice(list(QUERIES)))
     right, wrong = (str(name) for name in rng.choice(_NAMES, size=2, replace=False))
     if kind == "ambiguous":
-        return category, _render(rng, size, right, wrong, size // 2), right, wrong
+        return category, _render_striped(rng, size, right, wrong), right, wrong
     if category == "colour":
         return category, _render(rng, size, right, right, size), right, wrong
     cut = round(rng.uniform(*_MAJORITY_SHARE) * size)
@@ -158,8 +177,8 @@ def generate_split(
                 "id": record_id,
                 "images": [relative],
                 "query": str(rng.choice(QUERIES[category])),
-                "response_1": _answer(template, first),
-                "response_2": _answer(template, second),
+                "response_1": template.format(first),
+                "response_2": template.format(second),
                 "label": label,
                 "category": category,
                 "source": "synthetic",

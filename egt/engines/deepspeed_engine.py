@@ -114,6 +114,10 @@ def initialize(
         optimizer=optimizer,
         config=deepspeed_config(spec, micro_batch_size, world.world_size, judge.device, accumulation),
     )
+    if spec.zero_stage == 3:
+        # The SFT loss multiplies by the output embedding itself, chunk by chunk, not through lm_head's
+        # forward; ZeRO-3 gathers a parameter only for the modules registered as its users.
+        deepspeed.zero.register_external_parameter(engine.module, judge.lm_head_weight)
     return engine
 
 

@@ -27,6 +27,7 @@ weights, and the optimizer state sharded per rank) kept in the artifact store.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -34,9 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from egt.algorithms.losses import sft_nll_loss
+from egt.algorithms.losses import chunked_linear_nll_sum, sft_nll_loss
 from egt.engines import checkpoint, deepspeed_engine
 from egt.engines.deepspeed_engine import full_parameters
 from egt.engines.distributed import World, all_reduce_sum, barrier, rank_micro_batches
@@ -57,21 +57,29 @@ def target_ids(judge: HFJudge, trajectory: str) -> list[int]:
 
 
 def _hidden_and_targets(judge: HFJudge, examples: Sequence[SFTExample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final hidden states at the assistant positions only ``[N, d]`` and their target ids ``[N]``."""
     hidden, mask = judge.completion_hidden([e.item for e in examples], [e.target_ids for e in examples])
-    logits = judge.model.lm_head(hidden[mask.bool()])
-    targets = torch.tensor([t for e in examples for t in e.target_ids], device=logits.device)
-    return logits, targets
+    targets = torch.tensor([t for e in examples for t in e.target_ids], device=hidden.device)
+    return hidden[mask.bool()], targets
 
 
 def sft_loss(judge: HFJudge, examples: Sequence[SFTExample]) -> torch.Tensor:
-    """Mean NLL of the micro-batch's assistant tokens (eq. 2)."""
-    return sft_nll_loss(*_hidden_and_targets(judge, examples))
+    """Mean NLL of the micro-batch's assistant tokens (eq. 2), through the model's own ``lm_head``."""
+    hidden, targets = _hidden_and_targets(judge, examples)
+    return sft_nll_loss(judge.model.lm_head(hidden), targets)
 
 
-def token_nll_sum(judge: HFJudge, examples: Sequence[SFTExample]) -> torch.Tensor:
-    """Summed NLL of the micro-batch's assistant tokens (float32): the numerator of eq. 2."""
-    logits, targets = _hidden_and_targets(judge, examples)
-    return F.cross_entropy(logits.float(), targets, reduction="sum")
+def token_nll_sum(
+    judge: HFJudge, examples: Sequence[SFTExample], chunk_size: int = SFTSpec().logits_chunk_size
+) -> torch.Tensor:
+    """Summed NLL of the micro-batch's assistant tokens (float32): the numerator of eq. 2.
+
+    Logits exist only at the labelled positions, ``chunk_size`` rows at a time, with their gradient
+    formed in the same pass (:func:`egt.algorithms.losses.chunked_linear_nll_sum`): the output layer
+    is most of a small judge's cost, and of a long trajectory's memory.
+    """
+    hidden, targets = _hidden_and_targets(judge, examples)
+    return chunked_linear_nll_sum(hidden, judge.lm_head_weight, targets, chunk_size)
 
 
 def example_order(num_examples: int, epochs: float, seed: int) -> list[int]:
@@ -117,7 +125,7 @@ def initialize(judge: HFJudge, spec: SFTSpec, world: World):
     accumulation = accumulation_steps(spec, world.world_size)  # fails on a bad geometry before any setup
     return deepspeed_engine.initialize(
         judge,
-        token_nll_sum,
+        functools.partial(token_nll_sum, chunk_size=spec.logits_chunk_size),
         spec,
         world,
         micro_batch_size=spec.micro_batch_size,

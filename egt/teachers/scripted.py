@@ -93,31 +93,45 @@ def _claim(number: int, colour: str | None, shares: dict[str, float]) -> str:
     return f"Response {number} says {colour}, which covers {share:.0%} of the image."
 
 
-def _brief(colours: tuple[str | None, str | None], shares: dict[str, float], tie: bool, answer: int) -> str:
-    claims = " ".join(
-        f"Response {n} says {colour or 'no colour'}." for n, colour in enumerate(colours, start=1)
-    )
+def _steps(colours: tuple[str | None, str | None], shares: dict[str, float], tie: bool, answer: int) -> str:
+    """Reasoning whose every step reads at most two tokens a short, fixed distance back (docs/demo.md).
+
+    What the image shows first; then, per response, the colour it names and a verdict against that
+    statement; then the answer, which follows from the two verdicts: ``right``/``wrong`` decide it,
+    ``tie`` (the image is split evenly) leaves it open. The answer is not restated in the reasoning, so
+    a judge's doubt about a tie stays on the answer token, where eq. 3 measures it.
+
+    Colours are quoted: ``"red"`` is a different Qwen token from the prompt's ``" red"``, so the one
+    earlier token equal to a response's quoted colour is the image statement, and a verdict is a
+    plain token-equality check (a tiny model did not learn it in the demo's budget while the prompt
+    held copies of the same token).
+    """
     if tie and None not in colours:
-        seen = f"The image is half {colours[0]} and half {colours[1]}."
+        seen, verdicts = "The image is half each.", ("tie", "tie")
     elif shares:
-        seen = f"The image is mostly {next(iter(shares))}."
+        seen = f'The image is mostly "{next(iter(shares))}".'
+        verdicts = ("right", "wrong") if answer == 1 else ("wrong", "right")
     else:
-        seen = "I cannot make out the colours of the image."
-    return f"<think>{claims} {seen} Therefore Response {answer} is better.</think><answer>{answer}</answer>"
+        seen, verdicts = "I cannot make out the colours of the image.", ("unclear", "unclear")
+    claims = " ".join(
+        f'Response {n} says "{colour or "no colour"}": {verdict}.'
+        for n, (colour, verdict) in enumerate(zip(colours, verdicts, strict=True), start=1)
+    )
+    return f"<think>{seen} {claims}</think><answer>{answer}</answer>"
 
 
 class ScriptedTeacher:
     """A judge that sees the image and errs at ``error_rate``; it is never given the label.
 
-    ``style`` "detailed" writes the shares it perceived; "brief" writes about 30 tokens (the claims,
-    the dominant colour, the conclusion), which a tiny demo model can learn in a few CPU minutes.
+    ``style`` "detailed" writes the shares it perceived; "steps" writes ~30 tokens of local steps
+    (:func:`_steps`), which a tiny demo model can learn in a few CPU minutes.
     """
 
     def __init__(self, error_rate: float = 0.1, seed: int = 0, style: str = "detailed") -> None:
         if not 0 <= error_rate <= 1:
             raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
-        if style not in ("detailed", "brief"):
-            raise ValueError(f"style must be 'detailed' or 'brief', got {style!r}")
+        if style not in ("detailed", "steps"):
+            raise ValueError(f"style must be 'detailed' or 'steps', got {style!r}")
         self.error_rate = error_rate
         self.seed = seed
         self.style = style
@@ -142,8 +156,8 @@ class ScriptedTeacher:
         share_1, share_2 = (shares.get(colour, 0.0) if colour else 0.0 for colour in colours)
         tie = abs(share_1 - share_2) < TIE_MARGIN
         answer = rng.choice((1, 2)) if tie else (1 if share_1 > share_2 else 2)
-        if self.style == "brief":
-            return _brief(colours, shares, tie, answer)
+        if self.style == "steps":
+            return _steps(colours, shares, tie, answer)
         lines = [_describe(shares), _claim(1, colours[0], shares), _claim(2, colours[1], shares)]
         if tie:
             lines.append(

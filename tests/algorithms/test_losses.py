@@ -4,7 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from egt.algorithms.losses import IGNORE_INDEX, sft_nll_loss, stable_reinforce_loss, token_logprobs
+from egt.algorithms.losses import (
+    IGNORE_INDEX,
+    chunked_linear_nll_sum,
+    sft_nll_loss,
+    stable_reinforce_loss,
+    token_logprobs,
+)
 
 LN3 = math.log(3.0)
 
@@ -121,3 +127,37 @@ def test_sft_nll_loss_matches_cross_entropy_and_handles_no_targets():
     targets = torch.tensor([1, -100, 3, 12, -100, 0, 5])
     torch.testing.assert_close(sft_nll_loss(logits, targets), F.cross_entropy(logits.float(), targets))
     assert sft_nll_loss(logits, torch.full((7,), IGNORE_INDEX)).item() == 0.0
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 64])
+def test_chunked_linear_nll_sum_equals_cross_entropy_and_its_gradients(chunk_size):
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(7, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 10, 3, 3, 7, 1, 9])
+    expected = F.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    expected_grads = torch.autograd.grad(expected * 2.5, (hidden, weight))
+
+    got = chunked_linear_nll_sum(hidden, weight, targets, chunk_size)
+    torch.testing.assert_close(got, expected.float())
+    assert got.dtype == torch.float32
+    grads = torch.autograd.grad(got * 2.5, (hidden, weight))  # the upstream gradient scales both
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_linear_nll_sum_follows_requires_grad_and_no_grad():
+    hidden, weight = torch.randn(4, 3), torch.randn(6, 3, requires_grad=True)
+    targets = torch.tensor([1, 2, 3, 4])
+    loss = chunked_linear_nll_sum(hidden, weight, targets, 2)
+    (weight_grad,) = torch.autograd.grad(loss, (weight,))
+    torch.testing.assert_close(
+        weight_grad,
+        torch.autograd.grad(F.cross_entropy(hidden @ weight.T, targets, reduction="sum"), weight)[0],
+    )
+    with torch.no_grad():
+        assert not chunked_linear_nll_sum(hidden, weight, targets, 2).requires_grad
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunked_linear_nll_sum(hidden, weight, targets, 0)
+    with pytest.raises(ValueError, match="4 hidden rows but 3 targets"):
+        chunked_linear_nll_sum(hidden, weight, targets[:3], 2)

@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from egt.data.synthetic import generate_split
+from egt.data.synthetic import ANSWERS, COLOUR_TOKEN_INDEX, COLOURS, generate_split
 from egt.judge import swap_label
+from egt.models.tokenizer import build_qwen_tokenizer
 from egt.teachers.scripted import named_colour, perceive
 
 
@@ -97,6 +98,21 @@ def test_responses_differ_only_in_the_colour(tmp_path):
         colour_1, colour_2 = named_colour(first), named_colour(second)
         assert first.replace(colour_1, "") == second.replace(colour_2, "")
 
+
+
+def test_every_answer_puts_its_colour_at_the_same_token(tmp_path):
+    """Six Qwen tokens, the colour fifth, for every template and colour: colours sit at fixed offsets."""
+    tokenizer = build_qwen_tokenizer()
+    for templates in ANSWERS.values():
+        for template in templates:
+            for colour in COLOURS:
+                ids = tokenizer(template.format(colour), add_special_tokens=False)["input_ids"]
+                assert len(ids) == 6, template
+                assert tokenizer.decode([ids[COLOUR_TOKEN_INDEX]]) == f" {colour}"
+    for record in _generate(tmp_path, n=12):
+        assert {record["response_1"], record["response_2"]} <= {
+            t.format(c) for templates in ANSWERS.values() for t in templates for c in COLOURS
+        }
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),

@@ -43,7 +43,7 @@ RUN_DOC = {
     "spec": {
         "model": {"tiny": {"seed": 0}, "dtype": "float32", "device": "cpu"},
         "data": {"synthetic": {"seed": 3, "sft_size": 14, "rl_size": 2, "eval_size": 2}},
-        "annotate": {"teacher": {"kind": "scripted", "style": "brief"}, "shard_size": 8},
+        "annotate": {"teacher": {"kind": "scripted", "style": "steps"}, "shard_size": 8},
         "sft": {
             "epochs": 1.62,
             "global_batch_size": 4,

@@ -15,7 +15,7 @@ SMALL_RUN = {
     "spec": {
         "model": {"tiny": {"seed": 0}, "dtype": "float32", "device": "cpu"},
         "data": {"synthetic": {"seed": 1, "sft_size": 16, "rl_size": 12, "eval_size": 6}},
-        "annotate": {"teacher": {"kind": "scripted", "style": "brief"}, "shard_size": 8},
+        "annotate": {"teacher": {"kind": "scripted", "style": "steps"}, "shard_size": 8},
         "sft": {
             "epochs": 1,
             "global_batch_size": 8,

@@ -118,3 +118,26 @@ def test_judge_many_opens_paths(tmp_path):
 def test_error_rate_is_validated():
     with pytest.raises(ValueError, match="error_rate"):
         ScriptedTeacher(error_rate=1.5)
+
+
+def test_steps_reasoning_states_the_image_then_a_verdict_per_response():
+    teacher = ScriptedTeacher(error_rate=0.0, style="steps")
+    red = [_solid("red")]
+    assert teacher.judge(red, "What colour is this image?", "It is blue.", "It is red.", 1) == (
+        '<think>The image is mostly "red". Response 1 says "blue": wrong. Response 2 says "red": right.'
+        "</think><answer>2</answer>"
+    )
+    half = np.zeros((8, 8, 3), dtype=np.uint8)
+    half[:4], half[4:] = COLOURS["red"], COLOURS["yellow"]
+    output = teacher.judge([Image.fromarray(half)], "Which colour covers more?", "Red.", "Yellow.", 1)
+    # a tie leaves the answer open: the reasoning does not decide it, the answer token does
+    assert output.startswith(
+        '<think>The image is half each. Response 1 says "red": tie. Response 2 says "yellow": tie.'
+        "</think><answer>"
+    )
+    assert parse_answer(output) in (1, 2) and is_well_formed(output)
+    erring = ScriptedTeacher(error_rate=1.0, style="steps")
+    assert erring.judge(red, "What colour is this image?", "It is red.", "It is blue.", 1) == (
+        '<think>The image is mostly "blue". Response 1 says "red": wrong. Response 2 says "blue": right.'
+        "</think><answer>2</answer>"
+    )
