@@ -12,15 +12,13 @@ minutes on two cores; d only changes the size of the inputs (part of the baselin
 """
 
 import argparse
-import json
 import math
 import multiprocessing as mp
 import os
-import resource
 import time
 
 import torch
-from machine import cpu_model  # bench/ is on sys.path when a script here runs
+from machine import cpu_model, peak_rss_bytes, write_results  # bench/ is on sys.path when a script here runs
 
 from egt.algorithms.entropy import chunked_token_entropy
 
@@ -31,10 +29,6 @@ def naive_token_entropy(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Ten
     """All ``L × |V|`` logits at once, then ``-(softmax · log_softmax).sum(-1)``."""
     logits = hidden @ weight.T
     return -(torch.softmax(logits, dim=-1) * torch.log_softmax(logits, dim=-1)).sum(dim=-1)
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def _measure(
@@ -53,7 +47,7 @@ def _measure(
     hidden = torch.randn(length, hidden_size, generator=gen)
     # Logit standard deviation about 2: entropies well inside (0, log |V|).
     weight = torch.randn(vocab, hidden_size, generator=gen).mul_(2 / math.sqrt(hidden_size))
-    baseline = _peak_rss_bytes()
+    baseline = peak_rss_bytes()
     times = []
     with torch.no_grad():
         for _ in range(repeats):
@@ -69,7 +63,7 @@ def _measure(
         "chunk_size": chunk_size if variant == "chunked" else None,
         "best_s": min(times),
         "times_s": times,
-        "peak_rss_mib": (_peak_rss_bytes() - baseline) / MIB,
+        "peak_rss_mib": (peak_rss_bytes() - baseline) / MIB,
         "entropies": entropies.tolist(),
     }
 
@@ -133,12 +127,7 @@ def main() -> None:
             f"| {row['peak_rss_mib']:.0f} | {row['logits_mib']:.0f} | {row['max_abs_diff']:.1e} |"
         )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {"args": vars(args), "cpu": cpu_model(), "torch": torch.__version__, "results": rows},
-                f,
-                indent=2,
-            )
+        write_results(args.json, args, rows)
 
 
 if __name__ == "__main__":
