@@ -1,12 +1,12 @@
 """Shared fixtures of the engine tests: one tiny Qwen2.5-VL per session, and a "sharp" copy of it.
 
-``build_tiny_model`` initializes like Hugging Face does (std 0.02, tied embeddings), which on a
-64-wide model gives next-token distributions that are almost uniform: every entropy is ≈ ln|V| and
-every NLL ≈ 11.93, and greedy decoding repeats the last prompt token. Tests built on that model
-could not tell an entropy taken one position off, or a label mask with a few extra tokens, from
-the right one. The sharp copy re-draws the text decoder's weights at a larger, fixed-seed scale, so
-entropies and per-token losses vary from position to position (roughly 3 to 6 nats) and greedy
-decoding writes a different token at every step.
+``build_tiny_model`` draws small random weights (egt.models.tiny.scale_init), which on a 64-wide
+model gives next-token distributions close to uniform: every entropy is near ln|V| and every NLL
+near 12 (the demo's first SFT step: 12.4). Tests built on that model could not tell an entropy
+taken one position off, or a label mask with a few extra tokens, from the right one. The sharp
+copy re-draws the text decoder's weights at a larger, fixed-seed scale, so entropies and per-token
+losses vary from position to position (roughly 3 to 6 nats) and greedy decoding writes a
+different token at every step.
 """
 
 from __future__ import annotations
