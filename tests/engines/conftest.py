@@ -92,13 +92,17 @@ OPINIONATED_GENERATION = {
 
 
 @pytest.fixture(scope="session")
-def opinionated_dir(sharp_dir, tmp_path_factory) -> Path:
-    """The sharp model with a generation_config.json that sets penalties and top-k/p: engines must
-    generate exactly as from the sharp model (they sample from raw logits)."""
+def opinionated_dir(sharp_dir, judge, items, tmp_path_factory) -> Path:
+    """The sharp model with a generation_config.json that sets penalties and top-k/p, and suppresses
+    the tokens greedy decoding starts ``items`` with (the sharp model's margins are wide enough that
+    the penalties alone may not change its argmax): engines must generate exactly as from the sharp
+    model, because they sample from raw logits."""
     out = tmp_path_factory.mktemp("opinionated") / "model"
     shutil.copytree(sharp_dir, out)
+    first_tokens = sorted({g.token_ids[0] for g in judge.generate(items, max_new_tokens=1)})
     config_file = out / "generation_config.json"
-    config_file.write_text(json.dumps(json.loads(config_file.read_text()) | OPINIONATED_GENERATION))
+    config = json.loads(config_file.read_text()) | OPINIONATED_GENERATION | {"suppress_tokens": first_tokens}
+    config_file.write_text(json.dumps(config))
     return out
 
 
