@@ -70,7 +70,7 @@ def test_server_stamps_metadata_and_defaults(runs: k8s.CustomObjectsApi) -> None
     meta = created["metadata"]
     assert meta["uid"] and meta["creationTimestamp"].endswith("Z") and meta["generation"] == 1
     # The CRD's defaults apply wherever their parent object exists, as structural defaulting does.
-    assert created["spec"]["model"]["tiny"]["num_layers"] == 2 and created["spec"]["suspend"] is False
+    assert created["spec"]["model"]["tiny"]["num_layers"] == 4 and created["spec"]["suspend"] is False
     assert "curate" not in created["spec"]
 
     version = int(meta["resourceVersion"])
