@@ -99,7 +99,6 @@ def test_responses_differ_only_in_the_colour(tmp_path):
         assert first.replace(colour_1, "") == second.replace(colour_2, "")
 
 
-
 def test_every_answer_puts_its_colour_at_the_same_token(tmp_path):
     """Six Qwen tokens, the colour fifth, for every template and colour: colours sit at fixed offsets."""
     tokenizer = build_qwen_tokenizer()
@@ -113,6 +112,7 @@ def test_every_answer_puts_its_colour_at_the_same_token(tmp_path):
         assert {record["response_1"], record["response_2"]} <= {
             t.format(c) for templates in ANSWERS.values() for t in templates for c in COLOURS
         }
+
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
