@@ -88,7 +88,7 @@ def test_validate_resolved_prints_every_default(capsys):
     assert out == dump_run(load_run(TINY))
     spec = resolved["spec"]
     # Set in the file: kept.
-    assert spec["sft"]["epochs"] == 4
+    assert spec["sft"]["epochs"] == 4.5
     # Not in the file: the paper's defaults, spelled out.
     assert spec["rl"]["alpha"] == 0.5
     assert spec["rl"]["clip_epsilon"] == 0.2
