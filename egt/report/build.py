@@ -11,6 +11,7 @@ building a report neither needs a display nor changes the calling process's glob
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -28,7 +29,6 @@ from egt.algorithms.curation import METRIC_COLUMNS
 from egt.report.effect import (
     CONFIDENT_ENTROPY,
     clean_accuracy,
-    fifth_accuracies,
     likely_flips,
     removed_share_by_lowest,
     reward_trend,
@@ -80,6 +80,11 @@ class Context:
     def output(self, stage: str, name: str) -> str:
         """The store key of a finished stage's output (manifests hold keys relative to the stage)."""
         return f"{self.run.name}/{stage}/{self.manifest(stage).outputs[name]}"
+
+    @functools.cached_property
+    def probed(self) -> list[dict]:
+        """The probed pool, read once: two sections use it, and on a cluster it is a large S3 object."""
+        return read_records(self.store, self.output("probe", "probed"))
 
     def not_run(self, stage: str) -> list[str]:
         return [f"_Stage `{stage}` {self.stages[stage].state}._", ""]
@@ -297,17 +302,20 @@ def effect_numbers(ctx: Context) -> dict[str, Any] | None:
     """The EGT-effect measurements (egt.report.effect) of this run; None without probe truth columns."""
     if ctx.manifest("probe") is None:
         return None
-    records = read_records(ctx.store, ctx.output("probe", "probed"))
+    records = ctx.probed
     if not any("truth_kind" in r for r in records):
         return None
-    fifths = fifth_accuracies(records)
+    # The probe's own equal-count answer-entropy bins (ACCURACY_BINS = 5: fifths), answered samples only.
+    answered_bins = [
+        b for b in ctx.manifest("probe").metrics.get("accuracy_by_entropy_bin", []) if b["low"] is not None
+    ]
     flags = likely_flips(records)
     numbers: dict[str, Any] = {
         "probe_clean_accuracy": clean_accuracy(records),
         "auroc_answer_entropy": separation(records, "answer_entropy"),
         "auroc_sentence_entropy": separation(records, "sentence_entropy"),
-        "accuracy_lowest_fifth": fifths[0] if fifths else None,
-        "accuracy_highest_fifth": fifths[1] if fifths else None,
+        "accuracy_lowest_fifth": answered_bins[0]["accuracy"] if answered_bins else None,
+        "accuracy_highest_fifth": answered_bins[-1]["accuracy"] if answered_bins else None,
         "flagged_likely_flips": flags.flagged,
         "flagged_true_flips": flags.true_flips,
         "flipped_in_pool": flags.flips,
@@ -524,7 +532,7 @@ def probe_section(ctx: Context) -> list[str]:
     m = ctx.manifest("probe")
     if m is None:
         return lines + ctx.not_run("probe")
-    records = read_records(ctx.store, ctx.output("probe", "probed"))
+    records = ctx.probed
     unanswered = sum(not math.isfinite(r["answer_entropy"]) for r in records)
     lines += [
         f"{len(records)} samples probed. Accuracy {pct(m.metrics.get('accuracy'))}, well-formed "

@@ -9,7 +9,8 @@ that is checked directly:
 - entropy separates ambiguous pairs (no right answer) from clean ones: AUROC, for the answer-token
   entropy and, because reasoning can settle the uncertainty before the answer is written, for the
   mean token entropy (eq. 4) too;
-- accuracy in the lowest-entropy fifth of the pool is above the highest fifth's;
+- accuracy in the lowest-entropy fifth of the pool is above the highest fifth's (the probe stage's
+  own bins, ``accuracy_by_entropy_bin``);
 - entropy curation removes more of the ambiguous pairs than a random selection of the same size.
 
 Flipped pairs (a wrong label on a clean pair) are a different kind of noise: a judge that learned the
@@ -47,19 +48,6 @@ def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float | Non
         i = j
     n_pos, n_neg = len(positives), len(negatives)
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
-def fifth_accuracies(records: Sequence[dict], key: str = "answer_entropy") -> tuple[float, float] | None:
-    """Probe accuracy (against the pool's labels) of the lowest-``key`` fifth and the highest fifth.
-
-    Ties are broken by record order, so the split is deterministic. None with fewer than 5 records.
-    """
-    if len(records) < 5:
-        return None
-    ordered = sorted(records, key=lambda r: r[key])
-    size = len(ordered) // 5
-    low, high = ordered[:size], ordered[-size:]
-    return _accuracy(low), _accuracy(high)
 
 
 def _accuracy(records: Sequence[dict]) -> float:

@@ -11,7 +11,6 @@ from egt.report.effect import (
     CONFIDENT_ENTROPY,
     auroc,
     clean_accuracy,
-    fifth_accuracies,
     likely_flips,
     removed_share_by_lowest,
     reward_trend,
@@ -55,10 +54,8 @@ def _record(kind: str, entropy: float, correct: bool, label: int = 1) -> dict:
     }
 
 
-def test_fifths_clean_accuracy_and_separation():
+def test_clean_accuracy_and_separation():
     records = [_record("clean", e / 10, e < 8) for e in range(10)]  # right below 0.8 nats, wrong above
-    assert fifth_accuracies(records) == (1.0, 0.0)
-    assert fifth_accuracies(records[:4]) is None
     assert clean_accuracy(records) == 0.8
     records += [_record("ambiguous", 2.0, True), _record("ambiguous", 0.05, False)]
     # 2.0 beats all 10 clean entropies, 0.05 beats one (0.0): (10 + 1) / 20
