@@ -347,6 +347,13 @@ def effect_numbers(ctx: Context) -> dict[str, Any] | None:
     return numbers
 
 
+def reward_sentence(first: float, last: float) -> str:
+    """Whether RL's reward rose, from the first and last quarter of its steps (egt.report.effect)."""
+    verdict = "rose" if last > first else "did not rise"
+    quarters = f"{num(first)} over the first quarter of steps, {num(last)} over the last"
+    return f"RL's mean reward {verdict}: {quarters}."
+
+
 def effect_section(ctx: Context) -> list[str]:
     """What the run shows about the method, in plain words, from the probe's and curate's outputs."""
     lines = ["## What this run shows", ""]
@@ -419,13 +426,7 @@ def effect_section(ctx: Context) -> list[str]:
             "",
         ]
     if "rl_reward_first_quarter" in numbers:
-        first, last = numbers["rl_reward_first_quarter"], numbers["rl_reward_last_quarter"]
-        verdict = "rose" if last > first else "did not rise"
-        lines += [
-            f"RL's mean reward {verdict}: {num(first)} over the first quarter of steps, "
-            f"{num(last)} over the last.",
-            "",
-        ]
+        lines += [reward_sentence(numbers["rl_reward_first_quarter"], numbers["rl_reward_last_quarter"]), ""]
     return lines
 
 
@@ -672,11 +673,9 @@ def rl_section(ctx: Context) -> list[str]:
     names = [k for k in first if k != "step"]
     rows = [(n, num(finite_or_nan(first.get(n)), 4), num(finite_or_nan(last.get(n)), 4)) for n in names]
     lines += table(("metric", f"step {first['step']}", f"step {last['step']}"), rows)
-    r0, r1 = finite_or_nan(first.get("reward_mean")), finite_or_nan(last.get("reward_mean"))
-    if r1 < r0:
-        lines += [f"The last step's mean reward ({num(r1)}) is below the first step's ({num(r0)}).", ""]
-    elif r1 == r0:
-        lines += [f"The last step's mean reward equals the first step's ({num(r0)}).", ""]
+    trend = reward_trend(history)
+    if trend:  # the same reading as "What this run shows": single steps are too noisy to compare
+        lines += [reward_sentence(*trend), ""]
     return lines
 
 

@@ -442,7 +442,8 @@ def test_what_the_run_shows_is_measured_from_the_probe_and_curate_outputs(store:
     assert "Answer-token entropy is higher on ambiguous pairs" in body
     assert "flagged as likely flips: 2 (50.0% of them truly flipped), catching 1 of the 2 flips" in body
     # history rewards 0.6, 0.7, 0.8: first quarter (one step) 0.6, last 0.8
-    assert "RL's mean reward rose: 0.600 over the first quarter of steps, 0.800 over the last." in body
+    rose = "RL's mean reward rose: 0.600 over the first quarter of steps, 0.800 over the last."
+    assert rose in body and rose in section(text, 6)  # one reading of the reward, said the same way twice
     assert store.exists(f"{RUN_NAME}/report/effect.json")
 
 
