@@ -106,14 +106,74 @@ class SyntheticDataSpec(Section):
         return self
 
 
-class DataSpec(Section):
-    """The SFT pool, the RL pool and the evaluation sets (JSON Lines or Parquet)."""
+DatasetFormat = Literal[
+    "egt",
+    "vl-rewardbench",
+    "multimodal-rewardbench",
+    "mm-rlhf-rewardbench",
+    "r1-reward-rl",
+    "preference-pairs",
+]
 
-    sft: str | None = Field(None, description="SFT pool (JSON Lines or Parquet URI); images relative to it.")
-    rl: str | None = Field(None, description="RL pool (JSON Lines or Parquet URI).")
-    eval: dict[str, str] = Field(
-        default_factory=dict, description="Evaluation sets by name (JSON Lines or Parquet URIs)."
+
+class DatasetSpec(Section):
+    """One dataset file, in egt's own records or as a public dataset publishes it (docs/data.md)."""
+
+    uri: str = Field(
+        description="The file: a path, file:///abs/path or s3://bucket/key (JSON Lines, JSON or Parquet)."
     )
+    format: DatasetFormat = Field(
+        "egt",
+        description="How the file is laid out: egt (native records), vl-rewardbench (its parquet), "
+        "multimodal-rewardbench (all_data.json), mm-rlhf-rewardbench (its JSONL), r1-reward-rl (the "
+        "R1-Reward RL parquet) or preference-pairs (prompt/chosen/rejected/images JSONL). The prepare "
+        "stage converts every format but egt into native records.",
+    )
+    root: str | None = Field(
+        None,
+        description="Folder that the file's image and video-frame paths are relative to (a path, "
+        "file:// or s3:// URI); default the file's own folder. Paths never resolve outside it.",
+    )
+    strip_prefix: str | None = Field(
+        None,
+        description="Leading part of absolute image paths to drop before resolving them inside root "
+        "(R1-Reward-RL's paths point at its authors' servers).",
+    )
+    video_frames: PositiveInt = Field(
+        8, description="Frames sampled uniformly (first and last included) from a video's frame folder."
+    )
+    position_seed: int = Field(
+        0,
+        description="Seed of the balanced assignment of the preferred response to position 1 or 2 "
+        "(mm-rlhf-rewardbench, preference-pairs: chosen/rejected data).",
+    )
+
+    @field_validator("uri", "root")
+    @classmethod
+    def _known_scheme(cls, uri: str | None) -> str | None:
+        if uri is not None and "://" in uri and not uri.startswith(("file://", "s3://")):
+            raise ValueError(f"{uri!r} must be a path or start with file:// or s3://")
+        return uri
+
+    @model_validator(mode="after")
+    def _media_options(self) -> DatasetSpec:
+        if self.format == "egt" and (self.root is not None or self.strip_prefix is not None):
+            raise ValueError(
+                "root and strip_prefix apply to converted formats; egt records' image paths "
+                "are relative to the records file"
+            )
+        return self
+
+
+EVAL_SET_NAME = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?")
+
+
+class DataSpec(Section):
+    """The SFT pool, the RL pool and the evaluation sets."""
+
+    sft: DatasetSpec | None = Field(None, description="SFT pool (annotated by the teacher).")
+    rl: DatasetSpec | None = Field(None, description="RL pool (probed, curated, trained on).")
+    eval: dict[str, DatasetSpec] = Field(default_factory=dict, description="Evaluation sets by name.")
     synthetic: SyntheticDataSpec | None = Field(
         None, description="Generate all three pools instead (tests and the demo)."
     )
@@ -125,7 +185,18 @@ class DataSpec(Section):
             raise ValueError("data.synthetic excludes data.sft, data.rl and data.eval")
         if self.synthetic is None and (self.sft is None or self.rl is None):
             raise ValueError("set data.sft and data.rl, or data.synthetic")
+        for name in self.eval:
+            if name in ("sft", "rl") or not EVAL_SET_NAME.fullmatch(name):
+                raise ValueError(
+                    f"data.eval: set name {name!r} must match {EVAL_SET_NAME.pattern} and not be sft or rl "
+                    "(it names files and metric labels)"
+                )
         return self
+
+    def datasets(self) -> dict[str, DatasetSpec]:
+        """Every external dataset by pool name: sft, rl and each evaluation set."""
+        named = {"sft": self.sft, "rl": self.rl, **self.eval}
+        return {name: dataset for name, dataset in named.items() if dataset is not None}
 
 
 class ChatEndpointSpec(Section):

@@ -25,7 +25,7 @@ MINIMAL: dict[str, Any] = {
     "metadata": {"name": "t"},
     "spec": {"model": {"tiny": {}}, "data": {"synthetic": {}}},
 }
-REAL_DATA = {"sft": "s3://b/sft.jsonl", "rl": "s3://b/rl.jsonl"}
+REAL_DATA = {"sft": {"uri": "s3://b/sft.jsonl"}, "rl": {"uri": "s3://b/rl.jsonl"}}
 OPENAI_TEACHER = {"kind": "openai", "base_url": "https://api.example.com/v1", "model": "gpt-4o"}
 
 
@@ -76,7 +76,10 @@ def test_dump_of_example_reparses_to_an_equal_model(name):
         MINIMAL,
         doc(curate={"keep": None, "percentile": 12.5, "strategy": "bucket", "bucket": "mid"}),
         doc(
-            data={**REAL_DATA, "eval": {"vl-rewardbench": "s3://b/vl.parquet"}},
+            data={
+                **REAL_DATA,
+                "eval": {"vl-rewardbench": {"uri": "s3://b/vl.parquet", "format": "vl-rewardbench"}},
+            },
             annotate={"teacher": OPENAI_TEACHER},
             model={"path": "s3://b/Qwen2.5-VL-7B-Instruct"},
             cluster={
@@ -180,13 +183,13 @@ def test_curate_needs_exactly_one_of_keep_and_percentile(curate):
 
 @pytest.mark.parametrize("key", ["sft", "rl", "eval"])
 def test_synthetic_data_excludes_real_pools(key):
-    value = {"x": "s3://b/x.jsonl"} if key == "eval" else "s3://b/x.jsonl"
+    value = {"x": {"uri": "s3://b/x.jsonl"}} if key == "eval" else {"uri": "s3://b/x.jsonl"}
     message = spec_error(doc(data={"synthetic": {}, key: value}))
     assert "spec.data" in message
     assert "data.synthetic" in message
 
 
-@pytest.mark.parametrize("data", [{}, {"sft": "s3://b/sft.jsonl"}, {"rl": "s3://b/rl.jsonl"}])
+@pytest.mark.parametrize("data", [{}, {"sft": REAL_DATA["sft"]}, {"rl": REAL_DATA["rl"]}])
 def test_real_data_needs_both_pools(data):
     assert "spec.data" in spec_error(doc(data=data, annotate={"teacher": OPENAI_TEACHER}))
 

@@ -15,17 +15,9 @@ from PIL import Image
 
 from egt.stages.base import StageContext
 from egt.storage.records import read_records
-from egt.storage.store import ArtifactStore, local_folder, open_store
+from egt.storage.store import local_folder, split_uri
 
 REQUIRED_FIELDS = ("id", "images", "query", "response_1", "response_2", "label")
-
-
-def split_uri(uri: str, endpoint_url: str | None = None) -> tuple[ArtifactStore, str]:
-    """A store rooted at the URI's parent and the file's key in it."""
-    parent, _, name = uri.rstrip("/").rpartition("/")
-    if not name or (uri.startswith("s3://") and parent == "s3:/"):
-        raise ValueError(f"{uri!r} does not name a file")
-    return open_store(parent or ".", endpoint_url=endpoint_url), name
 
 
 def is_absolute_ref(ref: str) -> bool:
@@ -62,15 +54,23 @@ def validate_records(records: list[dict], source: str) -> None:
 
 
 def pool_uri(ctx: StageContext, pool: str) -> str:
-    """URI of a dataset: a prepare output for synthetic data, else the spec's URI."""
+    """URI of a dataset in native records: prepare's output for synthetic or converted data, else the file."""
     data = ctx.spec.data
     if data.synthetic is not None:
         return ctx.store.uri_for(ctx.key("data", f"{pool}.jsonl", stage="prepare"))
-    return data.eval[pool] if pool not in ("sft", "rl") else getattr(data, pool)
+    prepared = ctx.upstream("prepare").outputs
+    if pool in prepared:
+        return ctx.store.uri_for(ctx.key(prepared[pool], stage="prepare"))
+    return data.datasets()[pool].uri
 
 
 def eval_sets(ctx: StageContext) -> list[str]:
     return ["eval"] if ctx.spec.data.synthetic is not None else sorted(ctx.spec.data.eval)
+
+
+def eval_format(ctx: StageContext, name: str) -> str:
+    """The published format of an evaluation set (``egt`` for synthetic data): which scoring applies."""
+    return "egt" if ctx.spec.data.synthetic is not None else ctx.spec.data.eval[name].format
 
 
 def load_pool(ctx: StageContext, pool: str) -> list[dict]:

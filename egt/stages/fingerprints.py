@@ -34,12 +34,7 @@ def prepare(spec: EGTRunSpec) -> dict[str, Any]:
     if spec.model.path is not None:
         external["model"] = model_digest(spec.model.path, endpoint)
     if spec.data.synthetic is None:
-        pools = {
-            "sft": spec.data.sft,
-            "rl": spec.data.rl,
-            **{f"eval/{k}": v for k, v in spec.data.eval.items()},
-        }
-        external.update({name: external_digest(uri, endpoint) for name, uri in pools.items()})
+        external.update({name: external_digest(d.uri, endpoint) for name, d in spec.data.datasets().items()})
     return {
         "model": spec.model.model_dump(mode="json"),
         "data": spec.data.model_dump(mode="json"),

@@ -1,27 +1,34 @@
 """Stage 0, prepare: make the run's inputs addressable and fingerprinted.
 
-It builds the tiny model or synthetic pools when the spec asks for them, and otherwise validates the
-external datasets and digests them, so a changed dataset re-runs every stage that depends on it.
+It builds the tiny model or synthetic pools when the spec asks for them. External datasets in egt's
+own format are validated where they are; every other format (a public benchmark or training set as
+published, egt.formats) is converted, streaming, into native records and image files under
+``<run>/prepare/data/``. The datasets' digests are part of the stage's identity, so a changed dataset
+re-runs every stage that depends on it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from egt.stages.base import StageContext, StageResult
-from egt.stages.data import split_uri, validate_records
+from egt.stages.data import validate_records
+from egt.stages.progress import bar
 from egt.storage.manifest import digest_bytes
 from egt.storage.records import read_records, write_records
-from egt.storage.store import open_store
+from egt.storage.store import open_store, split_uri
 
 SYNTHETIC_POOLS = ("sft", "rl", "eval")
+log = logging.getLogger(__name__)
 
 
 def external_digest(uri: str, endpoint_url: str | None) -> str:
+    """The dataset file's digest (streamed for files; the ETag for S3): cheap enough for the operator."""
     store, key = split_uri(uri, endpoint_url)
-    return digest_bytes(store.read_bytes(key))
+    return store.digest(key)
 
 
 def model_digest(path: str, endpoint_url: str | None) -> str:
@@ -75,10 +82,38 @@ def run(ctx: StageContext) -> StageResult:
         result.counts.update(counts)
         result.metrics.update(metrics)
     else:
-        data = ctx.spec.data
-        for name, uri in {"sft": data.sft, "rl": data.rl, **data.eval}.items():
-            store, key = split_uri(uri, ctx.spec.store.endpoint_url)
-            records = read_records(store, key)
-            validate_records(records, uri)
-            result.counts[f"{name}_pairs"] = len(records)
+        prepare_external(ctx, result)
     return result
+
+
+def prepare_external(ctx: StageContext, result: StageResult) -> None:
+    from egt.formats import convert
+
+    endpoint = ctx.spec.store.endpoint_url
+    local = ctx.workdir / "data"
+    local.mkdir(parents=True, exist_ok=True)
+    datasets = {}
+    for name, dataset in ctx.spec.data.datasets().items():
+        about = {
+            "uri": dataset.uri,
+            "format": dataset.format,
+            "digest": external_digest(dataset.uri, endpoint),
+        }
+        if dataset.format == "egt":
+            store, key = split_uri(dataset.uri, endpoint)
+            records = read_records(store, key)
+            validate_records(records, dataset.uri)
+            pairs = len(records)
+        else:
+            with bar(None, f"prepare {name} ({dataset.format})", ctx.progress, unit="row") as progress:
+                converted = convert(
+                    dataset, name, local, ctx.workdir / "sources", endpoint, progress.update, log.warning
+                )
+            result.outputs[name] = f"data/{converted.records}"
+            about.update(converted.summary())
+            pairs = converted.pairs
+        result.counts[f"{name}_pairs"] = pairs
+        datasets[name] = about
+    if result.outputs:
+        ctx.store.upload_dir(local, ctx.key("data"))
+    result.metrics["datasets"] = datasets

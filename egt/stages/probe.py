@@ -23,7 +23,6 @@ from egt.storage.shards import partition
 ACCURACY_BINS = 5
 
 
-
 def accuracy_by_entropy_bin(records: list[dict], bins: int = ACCURACY_BINS) -> list[dict]:
     """Accuracy per answer-entropy quantile bin (the EGT paper's Figure 2).
 

@@ -10,7 +10,7 @@ from egt.stages.base import StageContext
 from egt.storage.shards import process_in_shards
 
 
-def bar(total: int, desc: str, enabled: bool = True, unit: str = "it") -> tqdm:
+def bar(total: int | None, desc: str, enabled: bool = True, unit: str = "it") -> tqdm:
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, leave=False)
 
 

@@ -12,6 +12,7 @@ manifests. The endpoint may come from the ``endpoint_url`` argument or from ``AW
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -140,6 +141,21 @@ class ArtifactStore(ABC):
         Treat it as read-only: for S3 it is a shared cache, not a scratch directory.
         """
 
+    @abstractmethod
+    def local_file(self, key: str, scratch: Path) -> Path:
+        """A local path of one object, for readers that stream a file (Parquet, large JSON).
+
+        A file store gives the file itself; S3 downloads it into ``scratch`` (never whole in RAM).
+        """
+
+    @abstractmethod
+    def digest(self, key: str) -> str:
+        """A string that changes when the object's content does, without reading it into memory.
+
+        Files: the SHA-256 of their content, streamed. S3: the ETag and size the server reports, so
+        the operator can tell a changed dataset without downloading it.
+        """
+
     def read_text(self, key: str) -> str:
         return self.read_bytes(key).decode("utf-8")
 
@@ -216,6 +232,19 @@ class FileStore(ArtifactStore):
         if not self.list(prefix):
             raise self._missing(prefix)
         return self._path(prefix)
+
+    def local_file(self, key: str, scratch: Path) -> Path:
+        path = self._path(check_key(key))
+        if not path.is_file():
+            raise FileNotFoundError(f"no such artifact: {self.uri_for(key)}")
+        return path
+
+    def digest(self, key: str) -> str:
+        sha = hashlib.sha256()
+        with self.local_file(key, Path()).open("rb") as f:
+            while chunk := f.read(1 << 20):
+                sha.update(chunk)
+        return f"sha256:{sha.hexdigest()}"
 
 
 class S3Store(ArtifactStore):
@@ -330,6 +359,17 @@ class S3Store(ArtifactStore):
         with self._errors(key):
             self._s3.download_file(self.bucket, self._key(key), str(dest))
 
+    def local_file(self, key: str, scratch: Path) -> Path:
+        dest = Path(scratch) / check_key(key)
+        self._download(key, dest)
+        return dest
+
+    def digest(self, key: str) -> str:
+        with self._errors(key):
+            head = self._s3.head_object(Bucket=self.bucket, Key=self._key(check_key(key)))
+        etag = head["ETag"].strip('"')
+        return f"s3-etag:{etag}:{head['ContentLength']}"
+
     def download_dir(self, prefix: str, local_dir: Path) -> Path:
         prefix, local_dir = check_prefix(prefix), Path(local_dir)
         keys = self.list(prefix)
@@ -390,6 +430,14 @@ def open_store(uri: str, endpoint_url: str | None = None) -> ArtifactStore:
             raise ValueError(f"s3 URI {uri!r} has no bucket; expected s3://bucket/prefix")
         return S3Store(parts.netloc, parts.path.strip("/"), endpoint_url=endpoint_url)
     raise ValueError(f"unsupported store URI {uri!r}: expected file://, s3:// or a local path")
+
+
+def split_uri(uri: str, endpoint_url: str | None = None) -> tuple[ArtifactStore, str]:
+    """A store rooted at the URI's parent and the file's key in it."""
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    if not name or (uri.startswith("s3://") and parent == "s3:/"):
+        raise ValueError(f"{uri!r} does not name a file")
+    return open_store(parent or ".", endpoint_url=endpoint_url), name
 
 
 def local_folder(uri: str, endpoint_url: str | None = None) -> Path:
