@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from egt.algorithms.curation import METRIC_COLUMNS
+from egt.report.benchmark_tables import TABLE1_FORMATS, benchmark_detail, table1, table2
 from egt.report.effect import (
     CONFIDENT_ENTROPY,
     clean_accuracy,
@@ -34,6 +35,8 @@ from egt.report.effect import (
     reward_trend,
     separation,
 )
+from egt.report.markdown import table
+from egt.scoring.benchmarks import VL_REWARDBENCH
 from egt.spec import STAGES, EGTRun
 from egt.stages.base import ATTEMPT_FILE
 from egt.storage.manifest import Manifest, manifest_digest, manifest_key, read_manifest
@@ -121,12 +124,6 @@ def duration(manifest: Manifest) -> str:
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s"
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return [*lines, ""]
 
 
 def kinds_in_order(kinds: Sequence[str]) -> list[str]:
@@ -739,6 +736,27 @@ def evaluation_section(ctx: Context) -> list[str]:
         lines += ["RL against SFT:", ""]
         lines += [rl_vs_sft(n, results["sft"][n], results["rl"][n]) for n in shared]
         lines.append("")
+    return lines + benchmark_lines(results)
+
+
+def benchmark_lines(results: dict[str, dict[str, dict]]) -> list[str]:
+    """The public benchmarks by their official scoring, in the EGT paper's table layouts."""
+    by_model = {
+        f"this run: {model}": {
+            s["benchmark"]["benchmark"]: s["benchmark"] for s in sets.values() if "benchmark" in s
+        }
+        for model, sets in results.items()
+    }
+    if not any(fmt in TABLE1_FORMATS for scored in by_model.values() for fmt in scored):
+        return []
+    lines = ["### Public benchmarks", "", *table1(by_model)]
+    vl = {label: scored[VL_REWARDBENCH] for label, scored in by_model.items() if VL_REWARDBENCH in scored}
+    if vl:
+        lines += ["VL-RewardBench by category (the layout of the paper's Table 2):", "", *table2(vl)]
+    for model, sets in results.items():
+        for name, summary in sets.items():
+            if summary.get("benchmark", {}).get("benchmark") in TABLE1_FORMATS:
+                lines += [f"#### {model} on `{name}`", "", *benchmark_detail(summary["benchmark"])]
     return lines
 
 

@@ -13,12 +13,16 @@ from collections.abc import Callable, Sequence
 
 from egt.engines.hf import HFJudge, JudgeInput
 from egt.judge import is_well_formed, parse_answer, swap_label
+from egt.scoring.benchmarks import score_benchmark
 from egt.spec import EvaluateSpec
 from egt.stages.base import StageContext, StageResult
-from egt.stages.data import ImageLoader, eval_sets, load_pool, model_dir
+from egt.stages.data import ImageLoader, eval_format, eval_sets, load_pool, model_dir
 from egt.stages.progress import bar
 from egt.stages.sft import judge_input
 from egt.storage.records import write_records
+
+# What a benchmark's official scoring reads besides the judgements (egt.scoring.benchmarks).
+SCORING_FIELDS = ("category", "subcategory", "group")
 
 
 def swapped(item: JudgeInput) -> JudgeInput:
@@ -62,7 +66,7 @@ def evaluate_pairs(
 ) -> tuple[list[dict], dict]:
     """Per-pair predictions in each order, and the summary (accuracy per order, bias, consistency)."""
     orders = ["original", "swapped"] if spec.both_orders else ["original"]
-    rows = [{"id": r["id"], "label": r["label"], "category": r.get("category")} for r in records]
+    rows = [{"id": r["id"], "label": r["label"], **{k: r.get(k) for k in SCORING_FIELDS}} for r in records]
     for start in range(0, len(records), spec.batch_size):
         batch = records[start : start + spec.batch_size]
         items = [to_input(r) for r in batch]
@@ -94,6 +98,25 @@ def evaluate_pairs(
     return rows, summary
 
 
+def export_benchmark(ctx: StageContext, model: str, set_name: str, scored: dict) -> None:
+    """The benchmark's headline and per-category figures as metrics labelled by benchmark and category."""
+    labels = {"model": model, "benchmark": set_name, "format": scored["benchmark"]}
+    if scored["headline"] is not None:
+        ctx.metrics.set(
+            "eval_benchmark_headline", scored["headline"], "Benchmark headline accuracy", **labels
+        )
+    for category, stats in scored["categories"].items():
+        for name in ("accuracy", "acc_plus"):
+            if stats.get(name) is not None:
+                ctx.metrics.set(
+                    f"eval_benchmark_{name}",
+                    stats[name],
+                    f"Benchmark {name} per category",
+                    category=category,
+                    **labels,
+                )
+
+
 def run(ctx: StageContext) -> StageResult:
     spec = ctx.spec.evaluate
     images = ImageLoader(ctx.spec.store.endpoint_url)
@@ -112,7 +135,9 @@ def run(ctx: StageContext) -> StageResult:
             key = f"predictions/{model_name}-{set_name}.jsonl"
             write_records(ctx.store, ctx.key(key), rows)
             outputs[f"predictions_{model_name}_{set_name}"] = key
+            summary["benchmark"] = score_benchmark(eval_format(ctx, set_name), rows)
             results.setdefault(model_name, {})[set_name] = summary
+            export_benchmark(ctx, model_name, set_name, summary["benchmark"])
             for name in (
                 "accuracy",
                 "accuracy_original",

@@ -1,0 +1,1 @@
+"""Official scoring of the multimodal reward benchmarks, and the EGT paper's published figures."""
