@@ -133,12 +133,14 @@ def iter_parquet(path: Path, source: str) -> Iterator[tuple[int, dict]]:
 
 
 def iter_rows(path: Path, source: str) -> Iterator[tuple[int, dict]]:
-    """Rows of a JSON Lines or Parquet file, by the file's extension."""
+    """Rows of a JSON Lines, JSON list or Parquet file, by the file's extension."""
     if source.endswith(".parquet"):
         return iter_parquet(path, source)
-    if source.endswith((".jsonl", ".json")):
+    if source.endswith(".jsonl"):
         return iter_jsonl(path, source)
-    raise DatasetError(f"{source}: cannot tell the file's format: expected .jsonl or .parquet")
+    if source.endswith(".json"):
+        return iter_json_list(path, source)
+    raise DatasetError(f"{source}: cannot tell the file's format: expected .jsonl, .json or .parquet")
 
 
 def check_image(data: bytes, where: str) -> str:

@@ -1,4 +1,4 @@
-"""Generic preference pairs (e.g. an MM-RLHF export): JSON Lines or Parquet rows of
+"""Generic preference pairs (e.g. an MM-RLHF export): JSON Lines, JSON list or Parquet rows of
 ``{prompt, chosen, rejected, images}``, with optional ``id`` and ``category``.
 
 ``images`` lists paths relative to the data root (may be empty for text-only pairs). Published pairs

@@ -310,3 +310,18 @@ def test_preference_pairs_in_jsonl(tmp_path):
     path.write_text(json.dumps({"prompt": "Q", "chosen": "c", "images": []}) + "\n")
     with pytest.raises(DatasetError, match=r"pairs.jsonl: row 1 \(id 'row-1'\): field 'rejected' is missing"):
         run_convert(tmp_path, path, "preference-pairs")
+
+
+def test_preference_pairs_as_a_json_list_and_as_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": f"Q{n}", "chosen": "c", "rejected": "r", "images": []} for n in range(3)]
+    (tmp_path / "pairs.json").write_text(json.dumps(rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet")
+    for name in ("pairs.json", "pairs.parquet"):
+        records, _, _ = run_convert(tmp_path / name.replace(".", "-"), tmp_path / name, "preference-pairs")
+        assert [r["query"] for r in records] == ["Q0", "Q1", "Q2"]
+    (tmp_path / "pairs.csv").write_text("prompt,chosen\n")
+    with pytest.raises(DatasetError, match=r"pairs\.csv: cannot tell the file's format"):
+        run_convert(tmp_path / "csv", tmp_path / "pairs.csv", "preference-pairs")

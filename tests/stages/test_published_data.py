@@ -9,8 +9,11 @@ official-script figures), and that the stored results are the scoring of the sto
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
 
 from egt.report.build import benchmark_lines
 from egt.scoring.benchmarks import score_benchmark
@@ -108,7 +111,9 @@ def stand_in(store, run: str, stage: str) -> None:
     )
 
 
-def test_prepare_converts_published_files_and_evaluate_scores_them_officially(tmp_path):
+def test_prepare_converts_published_files_and_evaluate_scores_them_officially(
+    tmp_path, pushgateway, pushgateway_metrics
+):
     run = parse_run(
         {
             "apiVersion": "egt.dev/v1alpha1",
@@ -122,6 +127,7 @@ def test_prepare_converts_published_files_and_evaluate_scores_them_officially(tm
                     "teacher": {"kind": "openai", "base_url": "http://teacher.invalid/v1", "model": "m"}
                 },
                 "evaluate": {"models": ["sft"], "max_new_tokens": 6, "batch_size": 8},
+                "metrics": {"pushgateway": pushgateway},
             },
         },
         "test",
@@ -177,6 +183,14 @@ def test_prepare_converts_published_files_and_evaluate_scores_them_officially(tm
         "long": 2,
         "video": 2,
     }
+    # Prometheus gets the same figures, labelled by benchmark and category.
+    scraped = pushgateway_metrics()
+    headline = re.search(
+        r'^egt_eval_benchmark_headline\{[^}]*benchmark="vl-rewardbench"[^}]*\} (\S+)$', scraped, re.M
+    )
+    assert headline and float(headline[1]) == pytest.approx(vl["headline"])
+    acc_plus = re.search(r'^egt_eval_benchmark_acc_plus\{[^}]*category="mcq"[^}]*\} (\S+)$', scraped, re.M)
+    assert acc_plus and float(acc_plus[1]) == pytest.approx(mmrlhf["categories"]["mcq"]["acc_plus"])
     evaluated = read_manifest(store, "bench", "evaluate")
     assert evaluated.counts == {"vl-rewardbench": 12, "multimodal-rewardbench": 7, "mm-rlhf-rewardbench": 7}
 
