@@ -120,9 +120,14 @@ def iter_json_list(path: Path, source: str) -> Iterator[tuple[int, dict]]:
 
 
 def iter_parquet(path: Path, source: str) -> Iterator[tuple[int, dict]]:
-    """(row number, row) a few rows at a time."""
+    """(row number, row) a few rows at a time.
+
+    pyarrow's default read-ahead (``pre_buffer``) keeps the column chunks it fetched for the life of
+    the reader: converting a 2 GB VL-RewardBench-format file grew by the file's size
+    (bench/import.py). A buffered stream without it holds about one batch.
+    """
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=_CHUNK)
     except Exception as e:  # pyarrow raises its own ArrowInvalid for a file that is not Parquet
         raise DatasetError(f"{source}: not a readable Parquet file: {e}") from e
     number = 0

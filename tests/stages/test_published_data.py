@@ -167,6 +167,18 @@ def test_prepare_converts_published_files_and_evaluate_scores_them_officially(
         "hallucination": 5,
         "general": 3,
     }
+    # The same figures counted here from the stored predictions, by the benchmark's rules.
+    rows = read_records(store, "bench/evaluate/predictions/sft-vl-rewardbench.jsonl")
+    for category, ids in {
+        "hallucination": VL_IDS[:5],
+        "reasoning": VL_IDS[5:9],
+        "general": VL_IDS[9:],
+    }.items():
+        judged = [r[order] for r in rows if r["id"] in ids for order in ("original", "swapped")]
+        right = sum(j["prediction"] is not None and j["correct"] for j in judged)
+        answered = sum(j["prediction"] is not None for j in judged)
+        assert vl["categories"][category]["accuracy"] == right / len(judged)
+        assert vl["official"]["categories"][category]["accuracy"] == (right / answered if answered else None)
     mmrb = results["multimodal-rewardbench"]["benchmark"]
     assert [c for c, s in mmrb["categories"].items() if s["pairs"]] == [
         "general/correctness",
