@@ -178,6 +178,22 @@ class DataSpec(Section):
         None, description="Generate all three pools instead (tests and the demo)."
     )
 
+    @field_validator("sft", "rl", mode="before")
+    @classmethod
+    def _not_a_bare_uri(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError(f"give the dataset as {{uri: {value}, format: …}} (see docs/data.md)")
+        return value
+
+    @field_validator("eval", mode="before")
+    @classmethod
+    def _no_bare_uris(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for name, dataset in value.items():
+                if isinstance(dataset, str):
+                    raise ValueError(f"give set {name!r} as {{uri: {dataset}, format: …}} (see docs/data.md)")
+        return value
+
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
         given = self.sft is not None or self.rl is not None or bool(self.eval)

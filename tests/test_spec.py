@@ -473,3 +473,23 @@ def test_cluster_env_refuses_secrets():
         parse_run(doc)
     doc["spec"]["cluster"] = {"env": {"NCCL_SOCKET_IFNAME": "eth0"}}
     assert parse_run(doc).spec.cluster.env == {"NCCL_SOCKET_IFNAME": "eth0"}
+
+
+def test_a_bare_dataset_uri_says_how_to_write_it():
+    message = spec_error(doc(data={"sft": "s3://b/sft.jsonl", "rl": REAL_DATA["rl"]}))
+    assert "spec.data.sft" in message and "{uri: s3://b/sft.jsonl, format: …}" in message
+    message = spec_error(doc(data={**REAL_DATA, "eval": {"vl": "s3://b/vl.parquet"}}))
+    assert "spec.data.eval" in message and "set 'vl' as {uri: s3://b/vl.parquet" in message
+
+
+@pytest.mark.parametrize("name", ["sft", "rl", "Bad_Name", "-x"])
+def test_eval_set_names_are_file_and_label_safe(name):
+    message = spec_error(doc(data={**REAL_DATA, "eval": {name: {"uri": "s3://b/x.jsonl"}}}))
+    assert f"set name {name!r}" in message
+
+
+def test_media_options_are_for_converted_formats():
+    rl = {"uri": "s3://b/rl.jsonl", "root": "s3://b/images"}
+    assert "root and strip_prefix apply to converted formats" in spec_error(
+        doc(data={"sft": REAL_DATA["sft"], "rl": rl})
+    )
