@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from egt.spec import EGTRun
-from egt.stages.base import StageOutcome, execute_stage, merge_parts
+from egt.stages.base import StageOutcome, already_done, execute_stage, merge_parts
 from egt.stages.pipeline import PIPELINE, get_stage
 from egt.storage.store import ArtifactStore, open_store
 
@@ -45,18 +45,22 @@ def run_local(
         echo(f"▶ {name}")
         stage, forced = get_stage(name), name in force or "all" in force
         count = stage.part_count(run.spec)
-        if count == 1:
+        done = None if forced or count == 1 else already_done(stage, run, store)
+        if done is not None:
+            outcome = done
+        elif count == 1:
             outcome = execute_stage(stage, run, store, workdir, forced, progress)
         else:  # what the cluster runs on N nodes, here one part after another
             for index in range(count):
                 execute_stage(stage, run, store, workdir, forced, progress, part=(index, count))
             outcome = merge_parts(stage, run, store, workdir, forced, progress)
         outcomes.append(outcome)
-        verb = (
-            "skipped (up to date)"
-            if outcome.state == "skipped"
-            else f"done in {time.monotonic() - began:.1f}s"
-        )
+        if outcome.reused_from:
+            verb = f"skipped (reused {outcome.reused_from}: same config and inputs)"
+        elif outcome.state == "skipped":
+            verb = "skipped (up to date)"
+        else:
+            verb = f"done in {time.monotonic() - began:.1f}s"
         echo(f"  {name}: {verb}")
     return store, outcomes
 

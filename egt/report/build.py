@@ -82,7 +82,7 @@ class Context:
 
     def output(self, stage: str, name: str) -> str:
         """The store key of a finished stage's output (manifests hold keys relative to the stage)."""
-        return f"{self.run.name}/{stage}/{self.manifest(stage).outputs[name]}"
+        return self.manifest(stage).output_key(self.run.name, name)
 
     @functools.cached_property
     def probed(self) -> list[dict]:

@@ -35,6 +35,8 @@ from egt.storage.manifest import (
     is_up_to_date,
     manifest_digest,
     read_manifest,
+    register,
+    reuse,
     write_manifest,
 )
 from egt.storage.store import ArtifactStore
@@ -83,10 +85,7 @@ class StageContext:
 
     def upstream_output(self, stage: str, name: str) -> str:
         """The store key of output ``name`` of an upstream stage."""
-        manifest = self.upstream(stage)
-        if name not in manifest.outputs:
-            raise KeyError(f"stage {stage} has no output {name!r}; it has {sorted(manifest.outputs)}")
-        return self.key(manifest.outputs[name], stage=stage)
+        return self.upstream(stage).output_key(self.run_name, name)
 
 
 class MissingUpstreamError(RuntimeError):
@@ -129,6 +128,7 @@ class StageOutcome:
     state: str  # "succeeded" | "skipped"
     manifest: Manifest
     seconds: float
+    reused_from: str | None = None  # skipped because another run computed this identity: its prefix
 
 
 def stage_identity(stage: Stage, run: EGTRun, store: ArtifactStore) -> tuple[str, dict[str, str]]:
@@ -156,6 +156,19 @@ def execute_stage(
     return _execute(stage, run, store, workdir, force, progress, part, lambda ctx: stage.run(ctx))
 
 
+def already_done(stage: Stage, run: EGTRun, store: ArtifactStore) -> StageOutcome | None:
+    """The stage's result when nothing needs to run: its own current manifest, or another run's
+    finished stage of the same identity (reused). For fanned-out stages, asked before any part runs."""
+    chash, inputs = stage_identity(stage, run, store)
+    if is_up_to_date(store, run.name, stage.name, chash, inputs):
+        return StageOutcome(stage.name, "skipped", read_manifest(store, run.name, stage.name), 0.0)
+    reused = reuse(store, run.name, stage.name, chash, inputs)
+    if reused is None:
+        return None
+    log.info("%s: reused the outputs of %s (same config and inputs)", stage.name, reused.prefix)
+    return StageOutcome(stage.name, "skipped", reused, 0.0, reused_from=reused.prefix)
+
+
 def merge_parts(
     stage: Stage, run: EGTRun, store: ArtifactStore, workdir: Path, force: bool = False, progress: bool = True
 ) -> StageOutcome:
@@ -179,7 +192,11 @@ def _execute(stage, run, store, workdir, force, progress, part, body) -> StageOu
     started = time.monotonic()
     unit = unit_name(stage.name, part)
     chash, inputs = stage_identity(stage, run, store)
-    if not force and is_up_to_date(store, run.name, unit, chash, inputs):
+    if not force and part is None:
+        done = already_done(stage, run, store)
+        if done is not None:
+            return done
+    elif not force and is_up_to_date(store, run.name, unit, chash, inputs):
         log.info("%s: up to date, skipped", unit)
         return StageOutcome(unit, "skipped", read_manifest(store, run.name, unit), 0.0)
 
@@ -218,8 +235,10 @@ def _execute(stage, run, store, workdir, force, progress, part, body) -> StageOu
         started_at=started_at,
         finished_at=datetime.now(UTC).isoformat(),
         egt_version=__version__,
+        prefix=f"{run.name}/{unit}",
     )
     if main:
         write_manifest(store, run.name, unit, manifest)
+        register(store, manifest)
         metrics.push()
     return StageOutcome(unit, "succeeded", manifest, seconds)

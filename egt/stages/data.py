@@ -55,13 +55,9 @@ def validate_records(records: list[dict], source: str) -> None:
 
 def pool_uri(ctx: StageContext, pool: str) -> str:
     """URI of a dataset in native records: prepare's output for synthetic or converted data, else the file."""
-    data = ctx.spec.data
-    if data.synthetic is not None:
-        return ctx.store.uri_for(ctx.key("data", f"{pool}.jsonl", stage="prepare"))
-    prepared = ctx.upstream("prepare").outputs
-    if pool in prepared:
-        return ctx.store.uri_for(ctx.key(prepared[pool], stage="prepare"))
-    return data.datasets()[pool].uri
+    if pool in ctx.upstream("prepare").outputs:
+        return ctx.store.uri_for(ctx.upstream_output("prepare", pool))
+    return ctx.spec.data.datasets()[pool].uri
 
 
 def eval_sets(ctx: StageContext) -> list[str]:

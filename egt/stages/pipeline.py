@@ -9,7 +9,7 @@ from typing import Any
 
 from egt.spec import EGTRun
 from egt.stages import fingerprints
-from egt.stages.base import Stage, merge_parts
+from egt.stages.base import Stage, already_done, merge_parts
 from egt.storage.manifest import read_manifest
 from egt.storage.store import ArtifactStore
 
@@ -48,7 +48,8 @@ def merge_missing_upstreams(stage: Stage, run: EGTRun, store: ArtifactStore, wor
     """Join a fanned-out upstream's finished parts (on a cluster, the next stage's job does this)."""
     for name in stage.inputs:
         upstream = STAGES[name]
-        if upstream.part_count(run.spec) > 1 and read_manifest(store, run.name, name) is None:
+        unmerged = upstream.part_count(run.spec) > 1 and read_manifest(store, run.name, name) is None
+        if unmerged and already_done(upstream, run, store) is None:
             merge_parts(upstream, run, store, workdir, progress=False)
 
 

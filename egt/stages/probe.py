@@ -107,7 +107,7 @@ def merge(ctx: StageContext, parts: list[Manifest]) -> StageResult:
     out = [
         record
         for manifest in parts
-        for record in read_records(ctx.store, f"{ctx.run_name}/{manifest.stage}/{manifest.outputs['probed']}")
+        for record in read_records(ctx.store, manifest.output_key(ctx.run_name, "probed"))
     ]
     return summarize(ctx, out)
 

@@ -44,6 +44,16 @@ class Manifest(BaseModel):
     started_at: str  # ISO 8601
     finished_at: str  # ISO 8601
     egt_version: str = Field(default_factory=_egt_version)
+    # Store prefix holding the outputs: ``<run>/<stage>`` of the run that computed them. Another run
+    # whose stage has the same identity reuses them by copying this manifest verbatim (:func:`reuse`).
+    # None in manifests written before outputs could be shared: the run's own prefix.
+    prefix: str | None = None
+
+    def output_key(self, run: str, name: str) -> str:
+        """The store key of output ``name``, wherever the run that computed it keeps it."""
+        if name not in self.outputs:
+            raise KeyError(f"stage {self.stage} has no output {name!r}; it has {sorted(self.outputs)}")
+        return f"{self.prefix or f'{run}/{self.stage}'}/{self.outputs[name]}"
 
     @field_validator("metrics")
     @classmethod
@@ -108,9 +118,68 @@ def manifest_digest(store: ArtifactStore, run: str, stage: str) -> str:
     return digest_bytes(store.read_bytes(manifest_key(run, stage)))
 
 
+def _has_identity(manifest: Manifest | None, config_hash: str, inputs: dict[str, str]) -> bool:
+    return manifest is not None and manifest.config_hash == config_hash and manifest.inputs == inputs
+
+
+def _manifest_at(store: ArtifactStore, prefix: str) -> tuple[bytes, Manifest] | None:
+    try:
+        data = store.read_bytes(f"{prefix}/{MANIFEST_NAME}")
+    except FileNotFoundError:
+        return None
+    return data, Manifest.model_validate_json(data)
+
+
 def is_up_to_date(
     store: ArtifactStore, run: str, stage: str, config_hash: str, inputs: dict[str, str]
 ) -> bool:
-    """True iff the stage finished with exactly this config and exactly these inputs."""
+    """True iff the stage finished with exactly this config and exactly these inputs.
+
+    A stage reused from another run is up to date only while that run's stage still has the same
+    identity: rerunning it with other settings replaces the outputs this manifest points at.
+    """
     manifest = read_manifest(store, run, stage)
-    return manifest is not None and manifest.config_hash == config_hash and manifest.inputs == inputs
+    if not _has_identity(manifest, config_hash, inputs):
+        return False
+    if manifest.prefix in (None, f"{run}/{stage}"):
+        return True
+    owner = _manifest_at(store, manifest.prefix)
+    return owner is not None and _has_identity(owner[1], config_hash, inputs)
+
+
+# Where finished stages are found by identity, for reuse across runs. Run names are DNS labels, so
+# no run's artifacts can be under it.
+SHARED_INDEX = "_shared"
+
+
+def identity_key(stage: str, config_hash: str, inputs: dict[str, str]) -> str:
+    identity = json.dumps({"config_hash": config_hash, "inputs": inputs}, sort_keys=True)
+    return f"{SHARED_INDEX}/{stage}/{digest_bytes(identity.encode()).removeprefix('sha256:')}.json"
+
+
+def register(store: ArtifactStore, manifest: Manifest) -> None:
+    """Make a finished stage findable by its identity (the last run to compute it wins)."""
+    key = identity_key(manifest.stage, manifest.config_hash, manifest.inputs)
+    store.write_json(key, {"prefix": manifest.prefix})
+
+
+def reuse(
+    store: ArtifactStore, run: str, stage: str, config_hash: str, inputs: dict[str, str]
+) -> Manifest | None:
+    """Take over another run's finished stage of the same identity: its manifest, copied verbatim.
+
+    The outputs stay where they are (a 15 GB model is referenced, not copied); the copy's bytes equal
+    the original's, so every downstream stage's identity is the same as in the other run and can be
+    reused in turn. None when no run holds this identity any more.
+    """
+    key = identity_key(stage, config_hash, inputs)
+    if not store.exists(key):
+        return None
+    prefix = store.read_json(key)["prefix"]
+    if prefix is None or prefix == f"{run}/{stage}":
+        return None
+    found = _manifest_at(store, prefix)
+    if found is None or not _has_identity(found[1], config_hash, inputs) or found[1].prefix != prefix:
+        return None
+    store.write_bytes(manifest_key(run, stage), found[0])
+    return found[1]

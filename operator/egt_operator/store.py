@@ -55,9 +55,9 @@ def _verdict(run: Run, stage: str) -> StoreVerdict | None:
     for unit in units:
         manifest = read_manifest(store, run.name, unit)
         where = unit if len(units) == 1 else unit.split("/")[-1]
-        for name, key in manifest.outputs.items():
+        for name in manifest.outputs:
             artifacts[name if len(units) == 1 else f"{where}/{name}"] = store.uri_for(
-                f"{run.name}/{unit}/{key}"
+                manifest.output_key(run.name, name)
             )
         if len(units) == 1:
             metrics = {

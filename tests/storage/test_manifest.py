@@ -16,6 +16,8 @@ from egt.storage.manifest import (
     manifest_digest,
     manifest_key,
     read_manifest,
+    register,
+    reuse,
     write_manifest,
 )
 from egt.storage.store import ArtifactStore, FileStore
@@ -130,3 +132,44 @@ def test_non_finite_metrics_are_written_as_null(tmp_path) -> None:
     write_manifest(store, "run", "curate", manifest)
     back = read_manifest(store, "run", "curate")
     assert back.metrics == {"threshold": None, "bins": [{"low": None}], "none": None, "ok": 1.5}
+
+
+def finished(store: ArtifactStore, run: str, stage: str, config: object, inputs: dict[str, str]) -> Manifest:
+    """A stage of ``run`` that computed its outputs, as execute_stage leaves it."""
+    done = manifest(stage, config, inputs).model_copy(
+        update={"prefix": f"{run}/{stage}", "outputs": {"model": "model"}}
+    )
+    write_manifest(store, run, stage, done)
+    register(store, done)
+    return done
+
+
+def test_another_run_reuses_a_stage_of_the_same_identity_by_reference(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    config, inputs = {"lr": 1e-5}, {"annotate": "sha256:a"}
+    chash = config_hash(config)
+    assert reuse(store, "b", "sft", chash, inputs) is None  # nobody has computed it yet
+    finished(store, "a", "sft", config, inputs)
+
+    assert reuse(store, "b", "sft", config_hash({"lr": 2e-5}), inputs) is None  # other config
+    assert reuse(store, "b", "sft", chash, {"annotate": "sha256:other"}) is None  # other inputs
+    reused = reuse(store, "b", "sft", chash, inputs)
+    assert reused is not None and reused.prefix == "a/sft"
+    # The copy is byte for byte the original, so whatever depends on it has the same identity in both runs.
+    assert manifest_digest(store, "b", "sft") == manifest_digest(store, "a", "sft")
+    assert read_manifest(store, "b", "sft").output_key("b", "model") == "a/sft/model"
+    assert is_up_to_date(store, "b", "sft", chash, inputs)
+    assert reuse(store, "a", "sft", chash, inputs) is None  # a run never "reuses" its own stage
+
+    # Run a reruns its stage with other settings: the outputs b pointed at are replaced, so b's stage
+    # is no longer current (it will compute, or reuse another run's, next time) and nothing reuses a's.
+    finished(store, "a", "sft", {"lr": 3e-5}, inputs)
+    assert not is_up_to_date(store, "b", "sft", chash, inputs)
+    assert reuse(store, "c", "sft", chash, inputs) is None
+
+
+def test_output_keys_of_manifests_written_before_sharing_are_the_runs_own(tmp_path: Path) -> None:
+    old = manifest("sft", {"lr": 1}).model_copy(update={"outputs": {"model": "model"}})
+    assert old.prefix is None and old.output_key("r", "model") == "r/sft/model"
+    with pytest.raises(KeyError, match="stage sft has no output 'probed'"):
+        old.output_key("r", "probed")
