@@ -99,6 +99,46 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from egt.sweep.spec import load_sweep
+
+    words = args.words
+    if words[0] == "report" and len(words) == 2:
+        action, path = "report", Path(words[1])
+    elif len(words) == 1:
+        action, path = ("submit" if args.submit else "local" if args.local else None), Path(words[0])
+    else:
+        print("usage: egt sweep FILE (--local | --submit [--wait]) | egt sweep report FILE", file=sys.stderr)
+        return 2
+    if action is None:
+        print("egt sweep: give --local (run the arms here) or --submit (one EGTRun per arm)", file=sys.stderr)
+        return 2
+    sweep, runs = load_sweep(path)
+    if action == "submit":
+        from egt_operator.submit import submit_sweep
+
+        return submit_sweep(runs, args.namespace, args.wait, args.timeout, args.poll)
+    if action == "local":
+        from egt.sweep.runner import executions, run_sweep_local
+
+        try:
+            outcomes = run_sweep_local(runs, args.workdir, progress=not args.quiet)
+        except Exception as error:
+            logging.getLogger("egt").debug("arm failed", exc_info=True)
+            print(
+                f"egt sweep: {error}\n(finished stages are kept and shared; rerun to resume)", file=sys.stderr
+            )
+            return 1
+        ran = executions(outcomes)
+        print("\nstage executions across the sweep: " + ", ".join(f"{s} {ran[s]}" for s in STAGES))
+    from egt.sweep.report import render_sweep_report
+    from egt.sweep.runner import collect_results
+
+    out = args.workdir / sweep.name / "sweep-report"
+    print(f"report: {render_sweep_report(sweep, runs, collect_results(runs), out)}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="egt", description="Entropy-Guided Training of reasoning reward models."
@@ -156,6 +196,21 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("name")
     status.add_argument("--namespace", "-n", help="Namespace (default: the kubeconfig context's).")
     status.set_defaults(func=cmd_status)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="Run a sweep's arms (--local) or submit them (--submit); `egt sweep report FILE` renders it.",
+    )
+    sweep.add_argument("words", nargs="+", metavar="[report] FILE", help="EGTSweep file (YAML).")
+    sweep.add_argument("--local", action="store_true", help="Run every arm here, sharing stages.")
+    sweep.add_argument("--submit", action="store_true", help="Create one EGTRun per arm on the cluster.")
+    sweep.add_argument("--wait", action="store_true", help="With --submit: follow the runs until all end.")
+    sweep.add_argument("--timeout", type=float, help="With --wait: seconds to wait at most.")
+    sweep.add_argument("--poll", type=float, default=5.0, help="Seconds between status reads (default 5).")
+    sweep.add_argument("--namespace", "-n", help="Namespace (default: the kubeconfig context's).")
+    sweep.add_argument("--workdir", type=Path, default=Path(".cache/egt"), help="Local scratch and reports.")
+    sweep.add_argument("-q", "--quiet", action="store_true", help="No progress bars.")
+    sweep.set_defaults(func=cmd_sweep)
 
     report = sub.add_parser("report", help="Render the Markdown report of a finished run.")
     report.add_argument("file", type=Path)

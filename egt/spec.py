@@ -357,6 +357,14 @@ class ProbeSpec(Section):
         "(gpus_per_node / replicas_per_node each; one vLLM engine per GPU when that is 1, "
         "tensor_parallel_size = the slice otherwise). Pod i runs parts i·R … i·R + R − 1.",
     )
+    correctness_samples: PositiveInt = Field(
+        1,
+        description="Answers per sample behind its correctness score: 1 scores the greedy answer (0 or "
+        "1); K > 1 adds K sampled answers at correctness_temperature and scores the share that is right.",
+    )
+    correctness_temperature: float = Field(
+        1.0, gt=0, description="Sampling temperature of the correctness samples."
+    )
     vllm: VLLMProbeSpec = Field(default_factory=VLLMProbeSpec, description="Options of engine 'vllm'.")
 
     @model_validator(mode="after")
@@ -376,10 +384,16 @@ class ProbeSpec(Section):
 class CurateSpec(Section):
     """Stage 4: keep the lowest-entropy samples, sorted ascending (or an ablation)."""
 
-    strategy: Literal["entropy", "random", "accuracy", "bucket"] = Field(
+    strategy: Literal["entropy", "random", "accuracy", "bucket", "all"] = Field(
         "entropy",
-        description="entropy: lowest entropies (EGT); random: seeded sample; accuracy: correctly probed "
-        "first (supervised baseline); bucket: low / mid / high entropy bucket.",
+        description="entropy: lowest entropies (EGT); random: seeded sample; accuracy: by the probe's "
+        "correctness score (supervised baseline, see accuracy_order); bucket: low / mid / high entropy "
+        "bucket; all: the whole pool, in its own order (the paper's '+ Full RL'; keep is ignored).",
+    )
+    accuracy_order: Literal["lowest_first", "highest_first"] = Field(
+        "lowest_first",
+        description="Strategy 'accuracy': keep the samples with the lowest correctness scores (the "
+        "reading of the paper's Table 3 caption) or the highest (correctly probed first).",
     )
     metric: Literal["answer", "sentence", "mix"] = Field(
         "answer",
@@ -449,6 +463,17 @@ class RLSpec(DeepSpeedSpec):
         1, description="Learner actors: data-parallel DeepSpeed ranks, one GPU each on a cluster."
     )
     referee: RefereeSpec = Field(default_factory=RefereeSpec, description="Who scores R_logic.")
+    order: Literal["ascending", "shuffled", "as_curated"] = Field(
+        "ascending",
+        description="Order each epoch visits the curated samples: ascending curate-metric entropy (EGT's "
+        "curriculum), shuffled anew every epoch (seeded by rl.seed; the paper's '+ Selection'), or "
+        "as curate wrote them.",
+    )
+    enabled: bool = Field(
+        True,
+        description="false: no RL; the stage records that it was off and evaluate scores the SFT model "
+        "alone (the 0% point of the paper's data-scale curve). evaluate.models must then be [sft].",
+    )
     max_steps: PositiveInt | None = Field(None, description="Stop after this many updates (smoke runs).")
     checkpoint_every_steps: PositiveInt = Field(20, description="Updates between resumable checkpoints.")
     seed: int = Field(0, description="Seed of rollout sampling.")
@@ -555,6 +580,12 @@ class EGTRunSpec(Section):
         description="On a cluster: start no new stage while true (a running stage finishes); set back "
         "to false to continue. The local runner ignores it.",
     )
+
+    @model_validator(mode="after")
+    def _no_rl_model_to_evaluate(self) -> EGTRunSpec:
+        if not self.rl.enabled and "rl" in self.evaluate.models:
+            raise ValueError("rl.enabled is false: there is no RL model; set evaluate.models to [sft]")
+        return self
 
     @model_validator(mode="after")
     def _annotate_needs_a_teacher_for_real_data(self) -> EGTRunSpec:

@@ -331,7 +331,7 @@ def effect_numbers(ctx: Context) -> dict[str, Any] | None:
             numbers[f"ambiguous_removed_by_lowest_{metric}"] = removed_share_by_lowest(
                 records, column, curate.counts["kept"], "ambiguous"
             )
-    if ctx.manifest("rl") is not None:
+    if ctx.manifest("rl") is not None and "history" in ctx.manifest("rl").outputs:
         trend = reward_trend(ctx.store.read_json(ctx.output("rl", "history")))
         if trend:
             numbers["rl_reward_first_quarter"], numbers["rl_reward_last_quarter"] = trend
@@ -654,6 +654,8 @@ def rl_section(ctx: Context) -> list[str]:
     m = ctx.manifest("rl")
     if m is None:
         return lines + ctx.not_run("rl")
+    if "history" not in m.outputs:
+        return [*lines, "RL was off (`rl.enabled: false`): the SFT model is this run's result.", ""]
     history = ctx.store.read_json(ctx.output("rl", "history"))
     if not history:
         return [*lines, "The RL stage finished with no steps recorded.", ""]

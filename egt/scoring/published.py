@@ -8,6 +8,11 @@ Source: Yang et al., "Entropy-Guided Data-Efficient Training for Multimodal Reas
   out; the reference markers such as "[16]" are dropped from the model names).
 - ``PUBLISHED["table2"]``: Table 2, "Ablation study of different training strategies on
   VL-RewardBench", the columns Reasoning, Hallu., General and Overall.
+- ``PUBLISHED["table3"]``: Table 3, "Ablation study of data selection strategies" (Random, Accuracy,
+  Entropy); ``PUBLISHED["table4"]``: Table 4, "Impact of entropy-based selection criteria" (Sentence,
+  Answer, Mix); ``PUBLISHED["table5"]``: Table 5, "Performance under different entropy levels"
+  (Low-, Mid-, High-Entropy). All three on VL-RewardBench, in Table 2's columns. Figure 4 (the
+  data-scale curve) is not here: the paper gives it only as a plot, without its values.
 
 These are the paper's figures, not measurements of this project; reports must label them so.
 """
@@ -47,6 +52,30 @@ PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
             "+ Full RL": (68.77, 76.50, 54.70, 71.37),
             "+ Selection": (84.54, 68.49, 58.56, 71.13),
             "+ Selection & Sort": (88.33, 76.50, 60.20, 77.15),
+        },
+    ),
+    "table3": _rows(
+        TABLE2_COLUMNS,
+        {
+            "Random": (66.88, 75.03, 53.04, 69.77),
+            "Accuracy": (67.19, 73.16, 53.59, 68.61),
+            "Entropy": (88.33, 76.50, 60.20, 77.15),
+        },
+    ),
+    "table4": _rows(
+        TABLE2_COLUMNS,
+        {
+            "Sentence": (73.19, 72.76, 48.62, 69.37),
+            "Answer": (88.33, 76.50, 60.20, 77.15),
+            "Mix": (84.23, 74.23, 57.46, 74.34),
+        },
+    ),
+    "table5": _rows(
+        TABLE2_COLUMNS,
+        {
+            "Low-Entropy": (88.33, 76.50, 60.20, 77.15),
+            "Mid-Entropy": (65.30, 73.43, 50.28, 68.00),
+            "High-Entropy": (65.30, 73.56, 56.35, 68.97),
         },
     ),
 }

@@ -2,9 +2,10 @@
 
 The driver runs wherever the stage runs (the local process, or the RayJob's submitter on a
 cluster) and connects to Ray: ``ray.init(address="auto")`` inside a Ray cluster (RAY_ADDRESS set),
-a fresh local instance otherwise. Every epoch walks the curated records in the order curate wrote
-them (ascending entropy, no shuffle), so the curriculum position is just the step number; a
-checkpoint stores it and a resumed run continues with the same batches.
+a fresh local instance otherwise. Every epoch walks the curated records in the order ``rl.order``
+gives (ascending entropy by default; egt.algorithms.curriculum), determined by the step number
+alone, so a checkpoint stores the step and a resumed run continues with the same batches.
+With ``rl.enabled: false`` the stage only records that RL was off (the SFT model is the result).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
 
+from egt.algorithms.curation import METRIC_COLUMNS
+from egt.algorithms.curriculum import batch_for_step
 from egt.engines.deepspeed_engine import require_images
 from egt.engines.hf import JudgeInput
 from egt.engines.rl import Learner, RolloutWorker, advantages, pad, score_rollouts
@@ -45,13 +47,6 @@ def make_referee(spec: RefereeSpec) -> Referee:
         max_concurrency=spec.max_concurrency,
     )
     return ChatReferee(client)
-
-
-def batch_for_step(records: Sequence[dict], step: int, batch_size: int) -> list[dict]:
-    """The curriculum: step s takes the s-th slice of the ascending-entropy order, wrapping per epoch."""
-    per_epoch = math.ceil(len(records) / batch_size)
-    index = step % per_epoch
-    return list(records[index * batch_size : (index + 1) * batch_size])
 
 
 def connect_ray(actors: int):
@@ -199,6 +194,10 @@ class RLDriver:
 def run(ctx: StageContext) -> StageResult:
     spec = ctx.spec.rl
     curated = read_records(ctx.store, ctx.upstream_output("curate", "curated"))
+    if not spec.enabled:
+        log.info("rl: rl.enabled is false; no RL (the SFT model is this run's result)")
+        return StageResult(counts={"steps": 0, "curated": len(curated)}, metrics={"enabled": False})
+    column = METRIC_COLUMNS[ctx.spec.curate.metric]
     require_images([len(r["images"]) for r in curated], spec.learner_workers, "rl")
     total_steps = spec.epochs * math.ceil(len(curated) / spec.global_batch_size)
     if spec.max_steps is not None:
@@ -209,7 +208,8 @@ def run(ctx: StageContext) -> StageResult:
         with bar(total_steps, "rl", ctx.progress, unit="step") as progress:
             progress.update(start)
             for step in range(start, total_steps):
-                record = driver.step(batch_for_step(curated, step, spec.global_batch_size), step)
+                batch = batch_for_step(curated, step, spec.global_batch_size, spec.order, column, spec.seed)
+                record = driver.step(batch, step)
                 history.append(record)
                 for name, value in record.items():
                     if isinstance(value, int | float) and name != "step":

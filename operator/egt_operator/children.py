@@ -153,7 +153,12 @@ def config_map(run: Run) -> dict[str, Any]:
 
 
 def resources(run: Run, stage: str) -> StageResources:
-    """The stage's pod resources from ``cluster.resources``, the spec's defaults where unlisted."""
+    """The stage's pod resources from ``cluster.resources``, the spec's defaults where unlisted.
+
+    With RL off the rl stage only writes its manifest: one pod with the default (GPU-less) resources.
+    """
+    if stage == "rl" and not run.spec.rl.enabled:
+        return StageResources()
     return run.spec.cluster.resources_for(stage)
 
 
@@ -407,6 +412,7 @@ _RENDERERS = {
     "sft": sft,
     "probe": probe,
     "curate": lambda run: single_job(run, "curate"),
-    "rl": rl,
+    # With RL off the stage only records that; a plain Job, no Ray cluster.
+    "rl": lambda run: rl(run) if run.spec.rl.enabled else single_job(run, "rl"),
     "evaluate": lambda run: single_job(run, "evaluate"),
 }

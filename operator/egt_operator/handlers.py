@@ -30,16 +30,18 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from egt_operator import metrics
-from egt_operator.children import RUN_LABEL
+from egt_operator.children import RUN_LABEL, Run
 from egt_operator.crd import GROUP, PLURAL, VERSION
 from egt_operator.reconcile import Plan, reconcile
-from egt_operator.store import store_verdict
+from egt_operator.sharing import Claims
+from egt_operator.store import stage_identity_of, store_verdict
 
 log = logging.getLogger(__name__)
 INTERVAL = float(os.environ.get("EGT_RECONCILE_SECONDS", "30"))
 _locks: dict[str, threading.Lock] = {}
 _written: dict[str, _Written] = {}  # per run: see _latest
 _locks_guard = threading.Lock()
+_claims = Claims()  # which run computes which stage identity (egt_operator.sharing)
 
 
 @kopf.on.startup()
@@ -82,6 +84,17 @@ def job_index(body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: A
 @kopf.index("ray.io", "v1", "rayjobs", labels={RUN_LABEL: kopf.PRESENT})
 def rayjob_index(body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any) -> dict:
     return {(namespace, labels[RUN_LABEL]): _snapshot("RayJob", body)}
+
+
+def _sharing(run: Run, stage: str, key: str, *indexes: kopf.Index) -> tuple[str | None, str | None]:
+    """(identity, the other run computing it) for the stage; see egt_operator.sharing."""
+    identity = stage_identity_of(run, stage)
+    if identity is None:
+        return None, None
+    everyone = [
+        (f"{ns}/{name}", child) for index in indexes for (ns, name), found in index.items() for child in found
+    ]
+    return identity, _claims.owner(identity, key, everyone)
 
 
 def _children(namespace: str, name: str, *indexes: kopf.Index) -> dict[str, dict[str, Any]]:
@@ -136,7 +149,13 @@ def reconcile_run(
     with _lock(namespace, name):
         run = _latest(key, body)
         try:
-            plan = reconcile(run, _children(namespace, name, job_index, rayjob_index), store_verdict, _now())
+            plan = reconcile(
+                run,
+                _children(namespace, name, job_index, rayjob_index),
+                store_verdict,
+                _now(),
+                lambda run, stage: _sharing(run, stage, f"{namespace}/{name}", job_index, rayjob_index),
+            )
             written = _apply(run, plan)
         except Exception:
             metrics.RECONCILE_ERRORS.inc()

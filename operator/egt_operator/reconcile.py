@@ -40,6 +40,7 @@ from egt_operator.children import Run, render, run_from_resource
 
 RETRY_ANNOTATION = "egt.dev/retry"
 SPEC_ANNOTATION = "egt.dev/spec"  # digest of the rendered child, on every child
+IDENTITY_ANNOTATION = "egt.dev/identity"  # the stage identity a child computes (egt_operator.sharing)
 DONE = ("Succeeded", "Skipped")
 
 
@@ -145,11 +146,16 @@ def reconcile(
     children: Mapping[str, Mapping[str, Any]],
     store_verdict: Callable[[Run, str], StoreVerdict | None],
     now: str,
+    sharing: Callable[[Run, str], tuple[str | None, str | None]] = lambda run, stage: (None, None),
 ) -> Plan:
     """The plan for one pass over the run ``body``.
 
     ``children``: the run's Jobs and RayJobs by name, as last observed. ``store_verdict(run, stage)``
-    says whether the store already holds the stage's outputs for this spec (None: no, or unknown).
+    says whether the store already holds the stage's outputs for this spec, its own or another
+    run's with the same identity (None: no, or unknown). ``sharing(run, stage)``, asked just before
+    a stage's children would be created, gives the stage's identity (stamped on the children) and
+    the other run already computing that identity, if any: then the stage waits for it, Pending,
+    and is Skipped once that run's outputs are in the store (egt_operator.sharing).
     """
     meta = body["metadata"]
     generation = int(meta.get("generation") or 1)
@@ -221,6 +227,20 @@ def reconcile(
             if run.spec.suspend:
                 condition("Progressing", "False", "Suspended", f"suspended before {name}")
                 return finish(f"suspended before {name}")
+            if stage["state"] != "Running":
+                identity, owner = sharing(run, name)
+                if owner is not None:
+                    message = (
+                        f"{name}: waiting for run {owner.split('/')[-1]}, which is computing the same {name} "
+                        "(same config and inputs); its outputs will be reused"
+                    )
+                    if stage.get("message") != message:
+                        stages[name] = {"state": "Pending", "message": message}
+                        plan.events.append(("Normal", "StageShared", message))
+                    return _progressing(plan, condition, finish, message)
+                if identity is not None:
+                    for obj in objects:
+                        obj["metadata"]["annotations"][IDENTITY_ANNOTATION] = identity
             plan.create.extend(objects)
             # Running without a child in view: created by an earlier pass and not yet seen through
             # the watch (the create then answers 409, harmless), or deleted by hand (made again).

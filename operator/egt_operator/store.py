@@ -12,9 +12,9 @@ import logging
 import math
 
 from egt.spec import EGTRun
-from egt.stages.base import MissingUpstreamError, stage_identity, unit_name
+from egt.stages.base import MissingUpstreamError, already_done, stage_identity, unit_name
 from egt.stages.pipeline import get_stage
-from egt.storage.manifest import is_up_to_date, read_manifest
+from egt.storage.manifest import digest_bytes, identity_key, is_up_to_date, read_manifest
 from egt.storage.store import open_store
 from egt_operator.children import Run
 from egt_operator.reconcile import StoreVerdict
@@ -40,13 +40,34 @@ def store_verdict(run: Run, stage: str) -> StoreVerdict | None:
         return None
 
 
+def stage_identity_of(run: Run, stage: str) -> str | None:
+    """A token equal for two runs exactly when their stage would produce the same outputs in the same
+    store (config, inputs, store URI); None while an upstream stage has no manifest or the store is
+    unreadable. Children carry it, so a run can wait for another run computing the same stage."""
+    try:
+        store = open_store(run.spec.store.uri, run.spec.store.endpoint_url)
+        chash, inputs = stage_identity(get_stage(stage), _egt_run(run), store)
+    except MissingUpstreamError:
+        return None
+    except Exception as error:  # an unreachable store must not stop the run
+        log.warning("store of run %s not readable (%s)", run.name, error)
+        return None
+    return digest_bytes(f"{store.uri}\n{identity_key(stage, chash, inputs)}".encode())[7:47]
+
+
+def _egt_run(run: Run) -> EGTRun:
+    return EGTRun(metadata={"name": run.name}, spec=run.spec)
+
+
 def _verdict(run: Run, stage: str) -> StoreVerdict | None:
     store = open_store(run.spec.store.uri, run.spec.store.endpoint_url)
     definition = get_stage(stage)
-    chash, inputs = stage_identity(definition, EGTRun(metadata={"name": run.name}, spec=run.spec), store)
+    chash, inputs = stage_identity(definition, _egt_run(run), store)
     count = definition.part_count(run.spec)
     units = [stage] if count == 1 else [unit_name(stage, (i, count)) for i in range(count)]
-    if is_up_to_date(store, run.name, stage, chash, inputs):
+    # Current here, or finished by another run with the same identity (then its manifest is copied
+    # here and its outputs referenced: the operator writes that one small file).
+    if already_done(definition, _egt_run(run), store) is not None:
         units = [stage]
     elif not all(is_up_to_date(store, run.name, unit, chash, inputs) for unit in units):
         return None

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from egt.spec import STAGES, SpecError, parse_run
+from egt.spec import STAGES, EGTRun, SpecError, dump_run, parse_run
 from egt_operator.crd import GROUP, PLURAL, VERSION
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT = 0, 1, 2, 3
@@ -48,7 +48,6 @@ def submit(
     out: TextIO = sys.stdout,
 ) -> int:
     """Create or update the run in ``path`` (renamed to ``name`` if given); follow it with ``wait``."""
-    from kubernetes.client.exceptions import ApiException
 
     document = yaml.safe_load(path.read_text())
     if name:
@@ -59,21 +58,9 @@ def submit(
         print(error, file=sys.stderr)
         return EXIT_INVALID
     api, namespace = kube_client(namespace)
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EGTRun", **document}
-    body["metadata"] = {**document.get("metadata", {}), "name": run.name, "namespace": namespace}
-    try:
-        created = api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-        print(f"egtrun/{run.name} created in {namespace}", file=out)
-    except ApiException as error:
-        if error.status == 422:
-            print(f"egt submit: the cluster rejected the run: {_api_message(error)}", file=sys.stderr)
-            return EXIT_INVALID
-        if error.status != 409:
-            raise
-        created = api.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, run.name, {"spec": body["spec"]}
-        )
-        print(f"egtrun/{run.name} updated in {namespace}", file=out)
+    code, created = apply_run(api, namespace, run.name, document, out)
+    if created is None:
+        return code
     if not wait:
         return EXIT_OK
     generation = int(created["metadata"].get("generation") or 1)
@@ -84,6 +71,63 @@ def submit(
         poll_seconds,
         out,
     )
+
+
+def apply_run(
+    api: Any, namespace: str, name: str, document: Mapping[str, Any], out: TextIO
+) -> tuple[int, Mapping[str, Any] | None]:
+    """Create the EGTRun, or update the spec of an existing one: (exit code, the object as stored)."""
+    from kubernetes.client.exceptions import ApiException
+
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EGTRun", **document}
+    body["metadata"] = {**document.get("metadata", {}), "name": name, "namespace": namespace}
+    try:
+        created = api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        print(f"egtrun/{name} created in {namespace}", file=out)
+    except ApiException as error:
+        if error.status == 422:
+            print(f"egt submit: the cluster rejected the run: {_api_message(error)}", file=sys.stderr)
+            return EXIT_INVALID, None
+        if error.status != 409:
+            raise
+        created = api.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, {"spec": body["spec"]}
+        )
+        print(f"egtrun/{name} updated in {namespace}", file=out)
+    return EXIT_OK, created
+
+
+def submit_sweep(
+    runs: Mapping[str, EGTRun],
+    namespace: str | None = None,
+    wait: bool = False,
+    timeout: float | None = None,
+    poll_seconds: float = 2.0,
+    out: TextIO = sys.stdout,
+) -> int:
+    """One EGTRun per arm (labelled with the sweep and arm); with ``wait``, follow them all.
+
+    The operator shares stages between the runs (a stage another run is computing with the same
+    identity is waited for, then reused), so SFT and probing run once for the sweep. The exit code
+    is the worst of the arms': 0 all succeeded, 1 one failed, 3 timed out.
+    """
+    api, namespace = kube_client(namespace)
+    generations = {}
+    for run in runs.values():
+        document = yaml.safe_load(dump_run(run))
+        code, created = apply_run(api, namespace, run.name, document, out)
+        if created is None:
+            return code
+        generations[run.name] = int(created["metadata"].get("generation") or 1)
+    if not wait:
+        return EXIT_OK
+    deadline = None if timeout is None else time.monotonic() + timeout
+    codes = []
+    for name, generation in generations.items():
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        read = lambda name=name: api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)  # noqa: E731
+        codes.append(follow(read, generation, left, poll_seconds, out))
+    return max(codes)
 
 
 def follow(

@@ -412,3 +412,14 @@ def test_run_from_resource():
     body["spec"]["curate"]["strategy"] = "entropi"
     with pytest.raises(SpecError, match=r"curate\.strategy"):
         run_from_resource(body)
+
+
+def test_rl_off_is_one_gpu_less_job_not_a_ray_cluster():
+    spec = example_spec("egtrun.yaml").model_dump(mode="json")
+    spec["rl"]["enabled"], spec["evaluate"]["models"] = False, ["sft"]
+    run = Run("egt-sft-only", "egt", UID, EGTRunSpec.model_validate(spec))
+    job = only(render(run, "rl"), "Job")
+    kubernetes_validate.validate(job, KUBERNETES, strict=True)
+    [container] = containers(job)
+    assert container["command"][-3:] == ["jobs.rl", "--spec", SPEC_PATH]
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})

@@ -109,7 +109,7 @@ def test_invalid_runs_are_rejected_with_the_field_named(runs: k8s.CustomObjectsA
     assert (code, status["kind"], status["reason"]) == (422, "Status", "Invalid")
     assert status["message"] == (
         'EGTRun.egt.dev "bad" is invalid: spec.curate.strategy: Unsupported value: "lowest": '
-        'supported values: "entropy", "random", "accuracy", "bucket"'
+        'supported values: "entropy", "random", "accuracy", "bucket", "all"'
     )
     assert status["details"]["causes"][0]["field"] == "spec.curate.strategy"
 

@@ -215,3 +215,50 @@ def test_a_child_not_yet_seen_is_created_again_without_a_new_start():
     plan = cluster.step()
     assert [o["kind"] for o in plan.create][-1] == "Job"  # idempotent: a 409 adopts it
     assert plan.events == [] and plan.transitions == []
+
+
+def test_a_stage_another_run_is_computing_waits_then_is_skipped_with_its_outputs():
+    cluster = Cluster()
+    cluster.current = {"prepare", "annotate"}
+    owner = {"sft": "ml/other-run"}
+    stamped_with = []
+
+    def sharing(run, stage):
+        stamped_with.append(stage)
+        return f"id-{stage}", owner.get(stage)
+
+    def step():
+        plan = reconcile(cluster.body, cluster.children, cluster.verdict, NOW, sharing)
+        for obj in plan.create:
+            if obj["kind"] in ("Job", "RayJob"):
+                cluster.children[obj["metadata"]["name"]] = copy.deepcopy(obj)
+        cluster.body["status"] = plan.status
+        return plan
+
+    plan = step()
+    assert not plan.create and cluster.state("sft") == "Pending"
+    assert "waiting for run other-run, which is computing the same sft" in cluster.body["status"]["message"]
+    assert [e[1] for e in plan.events] == ["StageSkipped", "StageSkipped", "StageShared"]
+    assert not [e for e in step().events if e[1] == "StageShared"]  # said once, not every pass
+    cluster.current.add("sft")  # the other run finished: its outputs are reused here
+    plan = step()
+    assert cluster.state("sft") == "Skipped" and cluster.state("probe") == "Running"
+    [probe] = [o for o in plan.create if o["kind"] == "Job"]
+    assert probe["metadata"]["annotations"]["egt.dev/identity"] == "id-probe"
+    assert SPEC_ANNOTATION in probe["metadata"]["annotations"]
+
+
+def test_claims_one_run_computes_an_identity_the_others_wait_until_it_is_done():
+    from egt_operator.sharing import CLAIM_SECONDS, Claims
+
+    claims = Claims()
+    assert claims.owner("x", "ns/a", [], now=0.0) is None  # a claims it, creates its child
+    assert claims.owner("x", "ns/b", [], now=1.0) == "ns/a"  # a's child not in view yet: b waits
+    assert claims.owner("x", "ns/a", [], now=2.0) is None  # a itself never waits for itself
+    running = {"metadata": {"annotations": {"egt.dev/identity": "x"}}, "status": {"active": 1}}
+    assert claims.owner("x", "ns/b", [("ns/a", running)], now=3.0) == "ns/a"
+    done = {**running, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    assert claims.owner("x", "ns/b", [("ns/a", done)], now=4.0) is None  # a failed: b computes
+    assert claims.owner("x", "ns/c", [("ns/a", done)], now=5.0) == "ns/b"
+    assert claims.owner("x", "ns/c", [("ns/a", done)], now=5.0 + CLAIM_SECONDS) is None  # b never made it
+    assert claims.owner("y", "ns/b", [("ns/a", running)], now=6.0) is None  # another identity
