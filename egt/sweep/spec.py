@@ -16,8 +16,9 @@ spec:
     - {name: scale, kind: curve, title: Data scale, points: {0: sft, 100: entropy}}
 ```
 
-Each arm is a full EGTRun named ``<sweep>-<arm>``: the base spec with the arm's ``set`` merged in
-(mappings merge key by key, anything else is replaced), validated like any run file. Arms whose stages
+Each arm is a full EGTRun named ``<sweep>-<arm>``: the base spec with the sweep's ``set`` and then the
+arm's ``set`` merged in (mappings merge key by key, anything else is replaced), validated like any run
+file, and labelled ``egt.dev/sweep`` and ``egt.dev/arm``. Arms whose stages
 have the same identity share them through the store (egt.storage.manifest.reuse): SFT and probing run
 once for the whole sweep.
 """
@@ -75,6 +76,10 @@ class Table(Section):
 class SweepSpec(Section):
     base: str | dict[str, Any] = Field(
         description="The base run: a run file path (relative to the sweep file) or an inline EGTRun."
+    )
+    set: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Spec fields every arm changes, applied to the base before each arm's own.",
     )
     arms: list[Arm] = Field(min_length=1, description="The arms, each run as its own EGTRun.")
     evaluate_set: str | None = Field(
@@ -152,6 +157,6 @@ def load_sweep(path: str | Path) -> tuple[EGTSweep, dict[str, EGTRun]]:
             "name": f"{sweep.name}-{arm.name}",
             "labels": {SWEEP_LABEL: sweep.name, ARM_LABEL: arm.name},
         }
-        document = merge(base, {"metadata": metadata, "spec": arm.set})
+        document = merge(merge(base, {"spec": sweep.spec.set}), {"metadata": metadata, "spec": arm.set})
         runs[arm.name] = parse_run(document, f"{path}: arm {arm.name!r}")
     return sweep, runs
