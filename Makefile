@@ -30,7 +30,9 @@ $(VLLM_VENV)/.installed: pyproject.toml scripts/vllm-env.sh
 	touch $@
 
 test-vllm: vllm-env
-	$(VLLM_VENV)/bin/pytest -q -m vllm tests/engines/test_vllm_probe.py tests/engines/test_vllm_rollout.py tests/stages/test_probe_vllm.py tests/stages/test_rl_vllm.py
+	$(VLLM_VENV)/bin/pytest -q -m vllm tests/engines/test_vllm_probe.py tests/engines/test_vllm_rollout.py \
+		tests/engines/test_vllm_probe_correctness.py tests/stages/test_probe_vllm.py tests/stages/test_rl_vllm.py \
+		tests/stages/test_probe_correctness.py
 
 bench: install
 	$(PY) bench/entropy.py

@@ -1,9 +1,11 @@
 """Entropy-guided curation and the paper's ablation baselines (method.md stage 4; EGT §2.3, Tables 3-5).
 
 Records are plain dicts carrying an ``"id"`` (str), the probe's entropy columns (floats, ``+inf``
-allowed: an unparseable answer) and ``"probe_correct"`` (bool). Every strategy returns the kept
-records themselves (not copies, not mutated) sorted ascending by the chosen entropy, ties by id:
-the RL curriculum visits them in that order (method.md stage 5).
+allowed: an unparseable answer), ``"probe_correct"`` (bool: the greedy answer was right) and, from
+probes that score it, ``"correctness_score"`` (float in [0, 1]). Every strategy returns the kept
+records themselves (not copies, not mutated). All but ``"all"`` return them sorted ascending by the
+chosen entropy, ties by id; ``"all"`` keeps the pool's own order. The RL stage decides the order it
+visits them in itself (``rl.order``; method.md stage 5).
 """
 
 import math
@@ -14,9 +16,12 @@ import numpy as np
 
 METRIC_COLUMNS = {"answer": "answer_entropy", "sentence": "sentence_entropy", "mix": "mix_entropy"}
 
-Strategy = Literal["entropy", "random", "accuracy", "bucket"]
+Strategy = Literal["entropy", "random", "accuracy", "bucket", "all"]
 Metric = Literal["answer", "sentence", "mix"]
 Bucket = Literal["low", "mid", "high"]
+AccuracyOrder = Literal["lowest_first", "highest_first"]
+STRATEGIES = ("entropy", "random", "accuracy", "bucket", "all")
+ACCURACY_ORDERS = ("lowest_first", "highest_first")
 
 
 def _entropy(record: dict, column: str) -> float:
@@ -24,6 +29,36 @@ def _entropy(record: dict, column: str) -> float:
     if math.isnan(value):
         raise ValueError(f"record {record['id']!r} has NaN {column}")
     return value
+
+
+def correctness_score(record: dict) -> float:
+    """The probe's correctness score of a record, in [0, 1] (method.md stage 3).
+
+    The share of the probe's sampled answers that were right (``"correctness_score"``); records
+    probed before that column existed fall back to the greedy answer's ``float(probe_correct)``,
+    which is what the score is with one answer.
+    """
+    if "correctness_score" in record:
+        score = float(record["correctness_score"])
+    elif "probe_correct" in record:
+        score = float(record["probe_correct"])
+    else:
+        raise ValueError(
+            f"record {record['id']!r} has no correctness label: neither correctness_score nor probe_correct"
+        )
+    if not 0.0 <= score <= 1.0:  # also rejects NaN
+        raise ValueError(f"record {record['id']!r} has correctness score {score}, outside [0, 1]")
+    return score
+
+
+def _by_correctness(records: list[dict], column: str, order: AccuracyOrder) -> list[dict]:
+    """Records ranked by correctness score (EGT Table 3), ties by ``column`` ascending, then id.
+
+    ``lowest_first`` puts the lowest scores first ("selecting samples with the lowest correctness
+    scores", the paper's Table 3 caption); ``highest_first`` the highest (correctly probed first).
+    """
+    sign = 1.0 if order == "lowest_first" else -1.0
+    return sorted(records, key=lambda r: (sign * correctness_score(r), _entropy(r, column), r["id"]))
 
 
 def _ascending(records: list[dict], column: str) -> list[dict]:
@@ -82,6 +117,7 @@ def curate(
     percentile: float | None = None,
     bucket: Bucket = "low",
     seed: int = 0,
+    accuracy_order: AccuracyOrder = "lowest_first",
 ) -> list[dict]:
     """Select the RL training set from the probed pool (method.md stage 4).
 
@@ -89,28 +125,37 @@ def curate(
         entropy: the ``keep`` lowest entropies (``+inf`` last), or with ``percentile`` p the set
             ``{e_i < q_p}`` (see :func:`_threshold`). EGT's method; unsupervised.
         random: a uniform sample of ``keep`` drawn with ``numpy.random.Generator(seed)`` (Table 3).
-        accuracy: the supervised baseline of Table 3; it needs labels (``probe_correct``). Samples the
-            probe got right come first, each group ordered by entropy ascending; the first ``keep``
-            are taken. (The paper's caption reads "selecting samples with the lowest correctness
-            scores"; this follows method.md: correct first, the labelled analogue of low entropy.)
+        accuracy: the supervised baseline of Table 3; it needs labels (:func:`correctness_score`).
+            The ``keep`` samples with the lowest correctness scores (``accuracy_order``
+            ``"lowest_first"``, the paper's caption) or the highest (``"highest_first"``); equal
+            scores are taken by entropy ascending, then id.
         bucket: the low / mid / high entropy bucket of ``keep`` samples (Table 5).
+        all: the whole pool in its given order (the paper's "+ Full RL"); ``keep``, ``percentile``
+            and the entropies are not read.
 
-    Exactly one of ``keep`` and ``percentile`` is given. ``keep`` above the pool size keeps the whole
-    pool. ``percentile`` p is in (0, 100]; except for the entropy strategy it means
-    ``keep = round(p / 100 · n)`` (Python's round, half to even). ``bucket`` is read only by the
-    bucket strategy.
+    Exactly one of ``keep`` and ``percentile`` is given (except for ``all``). ``keep`` above the pool
+    size keeps the whole pool. ``percentile`` p is in (0, 100]; except for the entropy strategy it
+    means ``keep = round(p / 100 · n)`` (Python's round, half to even). ``bucket`` is read only by
+    the bucket strategy, ``accuracy_order`` only by the accuracy strategy.
 
     Returns:
-        The kept records sorted ascending by the chosen entropy, ties broken by id.
+        The kept records sorted ascending by the chosen entropy, ties broken by id; for ``all``, the
+        pool's records in the pool's order.
     """
-    if (keep is None) == (percentile is None):
-        raise ValueError("give exactly one of keep and percentile")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of {list(STRATEGIES)}")
     if metric not in METRIC_COLUMNS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(METRIC_COLUMNS)}")
     if bucket not in ("low", "mid", "high"):
         raise ValueError(f"unknown bucket {bucket!r}; expected 'low', 'mid' or 'high'")
-    if strategy not in ("entropy", "random", "accuracy", "bucket"):
-        raise ValueError(f"unknown strategy {strategy!r}")
+    if accuracy_order not in ACCURACY_ORDERS:
+        raise ValueError(
+            f"unknown accuracy_order {accuracy_order!r}; expected one of {list(ACCURACY_ORDERS)}"
+        )
+    if strategy == "all":
+        return list(records)
+    if (keep is None) == (percentile is None):
+        raise ValueError("give exactly one of keep and percentile")
     if keep is not None and keep < 0:
         raise ValueError(f"keep must be >= 0, got {keep}")
     if percentile is not None and not 0 < percentile <= 100:
@@ -128,11 +173,7 @@ def curate(
         chosen = np.random.default_rng(seed).choice(n, size=keep, replace=False)
         return _ascending([records[i] for i in chosen], column)
     if strategy == "accuracy":
-        missing = [r["id"] for r in records if "probe_correct" not in r]
-        if missing:
-            raise ValueError(f"accuracy-based selection needs labels: no probe_correct for {missing[:5]}")
-        by_correctness = sorted(records, key=lambda r: (not r["probe_correct"], _entropy(r, column), r["id"]))
-        return _ascending(by_correctness[:keep], column)
+        return _ascending(_by_correctness(records, column, accuracy_order)[:keep], column)
     return _ascending(_bucket(_ascending(records, column), keep, bucket), column)
 
 

@@ -70,6 +70,13 @@ def vllm_view(model_dir: Path, into: Path) -> Path:
     return into
 
 
+def request_seeds(seed: int, n: int) -> list[int]:
+    """``n`` per-request vLLM seeds drawn from ``seed``: a request with its own seed samples from its
+    own generator, so its output does not depend on what else vLLM schedules with it."""
+    draws = random.Random(seed)
+    return [draws.getrandbits(63) for _ in range(n)]
+
+
 class VLLMEngine:
     """A vLLM engine that speaks the judge's contract, shared by the probe and the RL rollout workers.
 
@@ -201,10 +208,7 @@ class VLLMEngine:
         (one shared seed would give every copy of a prompt the same output)."""
         if not items:
             return []
-        seeds = [None] * len(items)
-        if seed is not None:
-            draws = random.Random(seed)
-            seeds = [draws.getrandbits(63) for _ in items]
+        seeds = [None] * len(items) if seed is None else request_seeds(seed, len(items))
         return self.run(items, [self.sampling_params(max_new_tokens, temperature, s) for s in seeds])
 
     def close(self) -> None:

@@ -21,6 +21,10 @@ Not vLLM's logprobs: they come back as top-k Python dicts (``max_logprobs``; -1 
 per token, far slower than generating), and top-k "entropy" is not the entropy (toolchain notes:
 0.003 vs the true 11.9 nats).
 
+Correctness answers (``probe.correctness_samples`` K > 1): K more requests per sample in a second
+``generate`` call, sampled at ``probe.correctness_temperature`` with per-request seeds drawn from the
+sample's id (egt.engines.probe), and not followed by ``EntropyRecorder``.
+
 Parallelism: ``tensor_parallel_size`` splits one engine over that many GPUs (the entropies are read
 from rank 0). Several replicas per node are several parts of the probe stage
 (``probe.num_shards``), each process with its own GPUs (``CUDA_VISIBLE_DEVICES``).
@@ -47,8 +51,9 @@ import torch
 
 from egt.algorithms.entropy import entropy_from_logits
 from egt.engines.hf import Generation, HFJudge, JudgeInput
-from egt.engines.probe import entropy_columns, token_entropies
-from egt.engines.vllm_engine import VLLMEngine
+from egt.engines.probe import correctness_columns, correctness_seed, entropy_columns, token_entropies
+from egt.engines.vllm_engine import VLLMEngine, request_seeds
+from egt.judge import parse_answer
 
 ENTROPY_KEY = "egt_entropy"  # SamplingParams.extra_args key of the requests EntropyRecorder follows
 RECORDER = f"{__name__}:EntropyRecorder"  # how vLLM loads it, in whichever process runs the sampler
@@ -236,6 +241,31 @@ class VLLMProbe(VLLMEngine):
         return generations, entropies
 
 
+def sampled_answers_vllm(
+    probe: VLLMEngine,
+    records: Sequence[dict],
+    items: Sequence[JudgeInput],
+    samples: int,
+    temperature: float,
+    max_new_tokens: int,
+) -> list[list[int | None]]:
+    """The parsed answers of ``samples`` outputs sampled at ``temperature``, per record.
+
+    ``samples`` requests per record in one ``generate`` call, each with its own seed drawn from the
+    record's :func:`~egt.engines.probe.correctness_seed`: the answers depend on the sample's id, not
+    on its neighbours in the call (the transformers engine's ``sampled_answers`` draws from the same
+    seed but another generator, so the two engines' answers differ).
+    """
+    params = [
+        probe.sampling_params(max_new_tokens, temperature, seed)
+        for record in records
+        for seed in request_seeds(correctness_seed(record["id"]), samples)
+    ]
+    generations = probe.run([item for item in items for _ in range(samples)], params)
+    answers = [parse_answer(g.text) for g in generations]
+    return [answers[i : i + samples] for i in range(0, len(answers), samples)]
+
+
 def probe_records_vllm(
     probe: VLLMProbe,
     records: Sequence[dict],
@@ -244,19 +274,29 @@ def probe_records_vllm(
     max_new_tokens: int,
     chunk_size: int,
     progress: Callable[[int], None] | None = None,
+    correctness_samples: int = 1,
+    correctness_temperature: float = 1.0,
 ) -> list[dict]:
     """``egt.engines.probe.probe_records`` on vLLM: same arguments, same output columns.
 
     All ``records`` (a shard) go to vLLM at once, which schedules them itself (continuous batching,
     prefix caching); ``batch_size`` is the teacher-forced scoring batch. Entropies as
-    ``probe.entropy`` says.
+    ``probe.entropy`` says; with ``correctness_samples`` K > 1, a second call samples the K answers
+    per record (:func:`sampled_answers_vllm`).
     """
+    if correctness_samples > 1 and correctness_temperature <= 0:
+        raise ValueError(f"correctness_temperature must be > 0, got {correctness_temperature}")
     items = [to_input(r) for r in records]
     generations, entropies = probe.generate_with_entropies(items, max_new_tokens, batch_size, chunk_size)
+    sampled: list[list[int | None]] = [[] for _ in records]
+    if correctness_samples > 1 and records:
+        sampled = sampled_answers_vllm(
+            probe, records, items, correctness_samples, correctness_temperature, max_new_tokens
+        )
     out: list[dict] = []
-    for record, generation, entropy in zip(records, generations, entropies, strict=True):
+    for record, generation, entropy, answers in zip(records, generations, entropies, sampled, strict=True):
         columns = entropy_columns(entropy, generation)
-        columns["probe_correct"] = columns["probe_prediction"] == record["label"]
+        columns |= correctness_columns(record["label"], columns["probe_prediction"], answers)
         out.append({**record, **columns})
     if progress and out:
         progress(len(out))

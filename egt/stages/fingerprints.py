@@ -53,6 +53,8 @@ def sft(spec: EGTRunSpec) -> dict:
 
 def probe(spec: EGTRunSpec) -> dict:
     probe = spec.probe.model_dump(mode="json", exclude=_SPEED_ONLY)
+    if spec.probe.correctness_samples == 1:  # nothing is sampled: the temperature changes nothing
+        probe.pop("correctness_temperature")
     return {"probe": probe, "dtype": spec.model.dtype}
 
 

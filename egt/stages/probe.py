@@ -84,10 +84,20 @@ def run(ctx: StageContext) -> StageResult:
 def probe_engine(ctx: StageContext) -> Iterator[Callable]:
     """``probe(records, to_input) -> records with entropy columns`` on the configured engine."""
     spec, model = ctx.spec.probe, ctx.spec.model
+    correctness = {
+        "correctness_samples": spec.correctness_samples,
+        "correctness_temperature": spec.correctness_temperature,
+    }
     if spec.engine == "hf":
         judge = HFJudge.from_dir(model_dir(ctx, "sft"), model.dtype, model.device)
         yield lambda records, to_input: probe_records(
-            judge, records, to_input, spec.batch_size, spec.max_new_tokens, spec.entropy_chunk_size
+            judge,
+            records,
+            to_input,
+            spec.batch_size,
+            spec.max_new_tokens,
+            spec.entropy_chunk_size,
+            **correctness,
         )
         return
     from egt.engines.vllm_probe import VLLMProbe, probe_records_vllm
@@ -96,7 +106,13 @@ def probe_engine(ctx: StageContext) -> Iterator[Callable]:
     engine = VLLMProbe(model_dir(ctx, "sft"), model.dtype, model.device, **options)
     try:
         yield lambda records, to_input: probe_records_vllm(
-            engine, records, to_input, spec.batch_size, spec.max_new_tokens, spec.entropy_chunk_size
+            engine,
+            records,
+            to_input,
+            spec.batch_size,
+            spec.max_new_tokens,
+            spec.entropy_chunk_size,
+            **correctness,
         )
     finally:
         engine.close()
@@ -130,12 +146,18 @@ def summarize(ctx: StageContext, out: list[dict]) -> StageResult:
         )
     accuracy = sum(r["probe_correct"] for r in out) / len(out) if out else 0.0
     ctx.metrics.set("probe_accuracy_ratio", accuracy, "Share of probed samples answered right")
+    score = sum(r["correctness_score"] for r in out) / len(out) if out else 0.0
+    ctx.metrics.set(
+        "probe_correctness_score_ratio", score, "Mean correctness score (share of sampled answers right)"
+    )
     answered = finite(answer)
     return StageResult(
         outputs={"probed": "probed.jsonl"},
         counts={"samples": len(out), "unanswered": len(out) - len(answered)},
         metrics={
             "accuracy": accuracy,
+            "correctness_score_mean": score,
+            "correctness_samples": ctx.spec.probe.correctness_samples,
             "well_formed": sum(r["probe_well_formed"] for r in out) / len(out) if out else 0.0,
             "answer_entropy_median": float(np.median(answered)) if answered else None,
             "accuracy_by_entropy_bin": bins,

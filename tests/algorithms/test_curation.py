@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from egt.algorithms.curation import METRIC_COLUMNS, curate, removal_report
+from egt.algorithms.curation import METRIC_COLUMNS, correctness_score, curate, removal_report
 
 INF = math.inf
 
@@ -102,21 +102,89 @@ def test_random_is_seeded_uniform_and_sorted():
 
 
 @pytest.mark.parametrize(
-    ("metric", "keep", "expected"),
+    ("order", "metric", "keep", "expected"),
     [
-        ("answer", 3, ["e", "a", "c"]),  # the three correct ones
-        ("answer", 4, ["b", "e", "a", "c"]),  # + the lowest-entropy wrong one
-        ("sentence", 4, ["f", "c", "a", "e"]),  # correct c, a, e + wrong f (lowest sentence)
+        # lowest first: the wrong ones b, d, f ranked by entropy (answer: b 0.1, f 0.5, d inf)
+        ("lowest_first", "answer", 2, ["b", "f"]),
+        ("lowest_first", "answer", 3, ["b", "f", "d"]),
+        ("lowest_first", "answer", 4, ["b", "e", "f", "d"]),  # + the lowest-entropy right one, e
+        ("lowest_first", "sentence", 2, ["f", "d"]),  # sentence: f 0.2, d 0.5, b 3.0
+        # highest first: the right ones a, c, e ranked by entropy (answer: e 0.3, a 0.5, c 0.9)
+        ("highest_first", "answer", 3, ["e", "a", "c"]),
+        ("highest_first", "answer", 4, ["b", "e", "a", "c"]),  # + the lowest-entropy wrong one, b
+        ("highest_first", "sentence", 4, ["f", "c", "a", "e"]),  # right c, a, e + wrong f
     ],
 )
-def test_accuracy_takes_correct_first(metric, keep, expected):
-    assert ids(curate(POOL, "accuracy", metric=metric, keep=keep)) == expected
+def test_accuracy_on_greedy_correctness(order, metric, keep, expected):
+    assert ids(curate(POOL, "accuracy", metric=metric, keep=keep, accuracy_order=order)) == expected
+
+
+def test_accuracy_lowest_first_is_the_default():
+    assert curate(POOL, "accuracy", keep=3) == curate(POOL, "accuracy", keep=3, accuracy_order="lowest_first")
+
+
+# Scores from K = 4 sampled answers, next to answer entropies:
+#   p 0.25 (e 0.2), q 0.75 (e 0.1), r 0.5 (e 0.4), s 0.25 (e 0.3), t 1.0 (e 0.05), u 0.0 (e 0.6)
+SCORED = [
+    {**_record(id_, answer, 1.0, False), "correctness_score": score, "correctness_samples": 4}
+    for id_, score, answer in [
+        ("p", 0.25, 0.2),
+        ("q", 0.75, 0.1),
+        ("r", 0.5, 0.4),
+        ("s", 0.25, 0.3),
+        ("t", 1.0, 0.05),
+        ("u", 0.0, 0.6),
+    ]
+]
+
+
+@pytest.mark.parametrize(
+    ("order", "keep", "expected"),
+    [
+        ("lowest_first", 1, ["u"]),
+        ("lowest_first", 2, ["p", "u"]),  # u 0.0, then p (0.25, entropy 0.2 before s's 0.3)
+        ("lowest_first", 3, ["p", "s", "u"]),
+        ("lowest_first", 4, ["p", "s", "r", "u"]),  # returned by entropy ascending
+        ("highest_first", 1, ["t"]),
+        ("highest_first", 2, ["t", "q"]),
+        ("highest_first", 4, ["t", "q", "p", "r"]),  # t 1.0, q 0.75, r 0.5, p (0.25, entropy 0.2)
+    ],
+)
+def test_accuracy_on_fractional_scores(order, keep, expected):
+    # probe_correct is False everywhere: the score, not the greedy answer, ranks the samples.
+    assert ids(curate(SCORED, "accuracy", keep=keep, accuracy_order=order)) == expected
+
+
+def test_accuracy_falls_back_to_probe_correct_for_older_probes():
+    # p, q, t scored; a, b (no correctness_score) count as 1.0 and 0.0
+    mixed = [SCORED[0], SCORED[1], SCORED[4], POOL[0], POOL[1]]
+    assert ids(curate(mixed, "accuracy", keep=2, accuracy_order="lowest_first")) == ["b", "p"]
+    assert ids(curate(mixed, "accuracy", keep=2, accuracy_order="highest_first")) == ["t", "a"]
+    assert correctness_score(POOL[0]) == 1.0 and correctness_score(POOL[1]) == 0.0
+    assert correctness_score(SCORED[2]) == 0.5
 
 
 def test_accuracy_needs_labels():
     unlabeled = [{k: v for k, v in r.items() if k != "probe_correct"} for r in POOL]
     with pytest.raises(ValueError, match="probe_correct"):
         curate(unlabeled, "accuracy", keep=2)
+
+
+@pytest.mark.parametrize("score", [-0.25, 1.5, math.nan])
+def test_accuracy_rejects_scores_outside_the_unit_interval(score):
+    with pytest.raises(ValueError, match="correctness score"):
+        curate([*SCORED, {**SCORED[0], "id": "v", "correctness_score": score}], "accuracy", keep=2)
+
+
+def test_all_keeps_the_pool_in_its_order():
+    shuffled = [POOL[3], POOL[0], POOL[5], POOL[1], POOL[4], POOL[2]]
+    kept = curate(shuffled, "all", keep=2)
+    assert ids(kept) == ["d", "a", "f", "b", "e", "c"]
+    assert all(k is p for k, p in zip(kept, shuffled, strict=True))
+    assert kept is not shuffled
+    assert ids(curate(shuffled, "all", percentile=10)) == ids(shuffled)
+    assert ids(curate(shuffled, "all")) == ids(shuffled)  # keep and percentile are not read
+    assert curate([], "all", keep=3) == []
 
 
 @pytest.mark.parametrize(
@@ -141,9 +209,10 @@ def test_percentile_means_share_for_other_strategies():
 
 @pytest.mark.parametrize("strategy", ["entropy", "random", "accuracy", "bucket"])
 @pytest.mark.parametrize("metric", ["answer", "sentence", "mix"])
-def test_output_sorted_and_records_untouched(strategy, metric):
+@pytest.mark.parametrize("order", ["lowest_first", "highest_first"])
+def test_output_sorted_and_records_untouched(strategy, metric, order):
     pool = copy.deepcopy(POOL)
-    kept = curate(pool, strategy, metric=metric, keep=4, bucket="mid", seed=1)
+    kept = curate(pool, strategy, metric=metric, keep=4, bucket="mid", seed=1, accuracy_order=order)
     column = METRIC_COLUMNS[metric]
     keys = [(r[column], r["id"]) for r in kept]
     assert keys == sorted(keys)
@@ -162,6 +231,9 @@ def test_output_sorted_and_records_untouched(strategy, metric):
         ({"strategy": "best", "keep": 2}, "strategy"),
         ({"strategy": "entropy", "metric": "length", "keep": 2}, "metric"),
         ({"strategy": "bucket", "bucket": "top", "keep": 2}, "bucket"),
+        ({"strategy": "accuracy", "accuracy_order": "worst_first", "keep": 2}, "accuracy_order"),
+        ({"strategy": "all", "accuracy_order": "ascending"}, "accuracy_order"),
+        ({"strategy": "full", "keep": 2}, "strategy"),
     ],
 )
 def test_errors(kwargs, match):

@@ -203,7 +203,7 @@ def test_types_enums_bounds_and_optionals_survive_conversion():
         "default": 2,
         "enum": [1, 2, 3],
     }
-    assert curate["strategy"]["enum"] == ["entropy", "random", "accuracy", "bucket"]
+    assert curate["strategy"]["enum"] == ["entropy", "random", "accuracy", "bucket", "all"]
     # `PositiveInt | None = 2500`: nullable, bounded, default kept
     assert curate["keep"] | {"description": ""} == {
         "type": "integer", "description": "", "minimum": 1, "default": 2500, "nullable": True,
