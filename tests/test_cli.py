@@ -164,3 +164,41 @@ def test_console_script_help():
     assert result.stdout.startswith("usage: egt")
     for command in ("run", "validate", "schema", "tiny-model", "report"):
         assert command in result.stdout
+
+
+def test_sweep_says_what_it_needs(capsys, tmp_path):
+    example = str(Path(__file__).resolve().parents[1] / "examples" / "ablations-tiny.yaml")
+    assert main(["sweep", example]) == 2
+    assert "give --local (run the arms here) or --submit" in capsys.readouterr().err
+    assert main(["sweep", "report", example, "extra"]) == 2
+    assert "usage: egt sweep FILE" in capsys.readouterr().err
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "egt.dev/v1alpha1",
+                "kind": "EGTSweep",
+                "metadata": {"name": "s"},
+                "spec": {"base": "missing.yaml", "arms": [{"name": "a"}]},
+            }
+        )
+    )
+    assert main(["sweep", str(bad), "--local"]) == 2
+    assert "spec.base: no such run file" in capsys.readouterr().err
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "egt.dev/v1alpha1",
+                "kind": "EGTSweep",
+                "metadata": {"name": "s"},
+                "spec": {
+                    "base": {},
+                    "arms": [{"name": "a"}, {"name": "a"}],
+                    "tables": [{"name": "t", "title": "T", "rows": {"x": "b"}}],
+                },
+            }
+        )
+    )
+    assert main(["sweep", "report", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "arm names must be unique; repeated: a" in err
