@@ -648,16 +648,19 @@ def parse_run(document: Any, source: str = "<run>") -> EGTRun:
         raise SpecError(format_validation_error(error, source)) from None
 
 
-def load_run(path: str | Path) -> EGTRun:
-    """Read and validate a run file (YAML)."""
-    path = Path(path)
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's document; SpecError naming the file when it is missing or not YAML."""
     try:
-        document = yaml.safe_load(path.read_text())
+        return yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file") from None
     except yaml.YAMLError as error:
         raise SpecError(f"{path}: not valid YAML: {error}") from None
-    return parse_run(document, str(path))
+
+
+def load_run(path: str | Path) -> EGTRun:
+    """Read and validate a run file (YAML)."""
+    return parse_run(read_yaml(path), str(path))
 
 
 def dump_run(run: EGTRun) -> str:

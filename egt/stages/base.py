@@ -159,14 +159,20 @@ def execute_stage(
 def already_done(stage: Stage, run: EGTRun, store: ArtifactStore) -> StageOutcome | None:
     """The stage's result when nothing needs to run: its own current manifest, or another run's
     finished stage of the same identity (reused). For fanned-out stages, asked before any part runs."""
-    chash, inputs = stage_identity(stage, run, store)
-    if is_up_to_date(store, run.name, stage.name, chash, inputs):
-        return StageOutcome(stage.name, "skipped", read_manifest(store, run.name, stage.name), 0.0)
-    reused = reuse(store, run.name, stage.name, chash, inputs)
+    return done_with_identity(store, run.name, stage.name, *stage_identity(stage, run, store))
+
+
+def done_with_identity(
+    store: ArtifactStore, run: str, stage: str, config_hash: str, inputs: dict[str, str]
+) -> StageOutcome | None:
+    """:func:`already_done` for an identity the caller has computed (it digests the datasets)."""
+    if is_up_to_date(store, run, stage, config_hash, inputs):
+        return StageOutcome(stage, "skipped", read_manifest(store, run, stage), 0.0)
+    reused = reuse(store, run, stage, config_hash, inputs)
     if reused is None:
         return None
-    log.info("%s: reused the outputs of %s (same config and inputs)", stage.name, reused.prefix)
-    return StageOutcome(stage.name, "skipped", reused, 0.0, reused_from=reused.prefix)
+    log.info("%s: reused the outputs of %s (same config and inputs)", stage, reused.prefix)
+    return StageOutcome(stage, "skipped", reused, 0.0, reused_from=reused.prefix)
 
 
 def merge_parts(
@@ -193,7 +199,7 @@ def _execute(stage, run, store, workdir, force, progress, part, body) -> StageOu
     unit = unit_name(stage.name, part)
     chash, inputs = stage_identity(stage, run, store)
     if not force and part is None:
-        done = already_done(stage, run, store)
+        done = done_with_identity(store, run.name, unit, chash, inputs)
         if done is not None:
             return done
     elif not force and is_up_to_date(store, run.name, unit, chash, inputs):

@@ -29,10 +29,18 @@ import copy
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from egt.spec import API_VERSION, EGTRun, Metadata, Section, SpecError, format_validation_error, parse_run
+from egt.spec import (
+    API_VERSION,
+    EGTRun,
+    Metadata,
+    Section,
+    SpecError,
+    format_validation_error,
+    parse_run,
+    read_yaml,
+)
 
 SWEEP_KIND = "EGTSweep"
 SWEEP_LABEL = "egt.dev/sweep"
@@ -135,22 +143,15 @@ def load_sweep(path: str | Path) -> tuple[EGTSweep, dict[str, EGTRun]]:
     """The sweep and one validated run per arm (in arm order), named ``<sweep>-<arm>``."""
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such file") from None
-    except yaml.YAMLError as error:
-        raise SpecError(f"{path}: not valid YAML: {error}") from None
-    try:
-        sweep = EGTSweep.model_validate(document)
+        sweep = EGTSweep.model_validate(read_yaml(path))
     except ValidationError as error:
         raise SpecError(format_validation_error(error, str(path))) from None
     base = sweep.spec.base
     if isinstance(base, str):
-        base_path = path.parent / base
         try:
-            base = yaml.safe_load(base_path.read_text())
-        except FileNotFoundError:
-            raise SpecError(f"{path}: spec.base: no such run file {base_path}") from None
+            base = read_yaml(path.parent / base)
+        except SpecError as error:
+            raise SpecError(f"{path}: spec.base: {error}") from None
     runs = {}
     for arm in sweep.spec.arms:
         metadata = {

@@ -12,7 +12,7 @@ import logging
 import math
 
 from egt.spec import EGTRun
-from egt.stages.base import MissingUpstreamError, already_done, stage_identity, unit_name
+from egt.stages.base import MissingUpstreamError, done_with_identity, stage_identity, unit_name
 from egt.stages.pipeline import get_stage
 from egt.storage.manifest import digest_bytes, identity_key, is_up_to_date, read_manifest
 from egt.storage.store import open_store
@@ -67,7 +67,7 @@ def _verdict(run: Run, stage: str) -> StoreVerdict | None:
     units = [stage] if count == 1 else [unit_name(stage, (i, count)) for i in range(count)]
     # Current here, or finished by another run with the same identity (then its manifest is copied
     # here and its outputs referenced: the operator writes that one small file).
-    if already_done(definition, _egt_run(run), store) is not None:
+    if done_with_identity(store, run.name, stage, chash, inputs) is not None:
         units = [stage]
     elif not all(is_up_to_date(store, run.name, unit, chash, inputs) for unit in units):
         return None
