@@ -8,6 +8,7 @@ second), and ``models, judge, rationale, query_source, ground_truth``, which egt
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterator
 
 from egt.formats.common import DatasetError, Source, at, field_value, file_stem, iter_parquet
@@ -39,7 +40,8 @@ def preferred(ranking: object, where: str) -> int:
 
 
 def read(source: Source) -> Iterator[dict]:
-    seen: dict[str, int] = {}
+    seen: set[str] = set()
+    repeats: Counter[str] = Counter()
     renamed: list[str] = []
     for number, row in iter_parquet(source.path, source.name):
         row_id = field_value(row, "id", at(source.name, number))
@@ -53,12 +55,11 @@ def read(source: Source) -> Iterator[dict]:
         unique = row_id
         # Older copies (1,250 rows) repeat 25 ids; the maintainers later renamed them with suffixes.
         while unique in seen:
-            seen[row_id] += 1
-            unique = f"{row_id}-{seen[row_id]}"
+            repeats[row_id] += 1
+            unique = f"{row_id}-{repeats[row_id]}"
+        seen.add(unique)
         if unique != row_id:
             renamed.append(f"{row_id} → {unique}")
-        seen.setdefault(row_id, 0)
-        seen.setdefault(unique, 0)
         yield {
             "id": unique,
             "images": [source.write_image(image["bytes"], file_stem(unique, number), where)],
