@@ -178,6 +178,11 @@ def status_schema() -> dict[str, Any]:
                 "type": "string",
                 "description": "The last egt.dev/retry annotation value acted on (see docs/operator.md).",
             },
+            "sequence": {
+                "type": "integer",
+                "format": "int64",
+                "description": "Writes of this status by the operator; a lower number is an older copy.",
+            },
             "conditions": {
                 "type": "array",
                 "description": "Succeeded is True when every stage is done, False when the run failed.",

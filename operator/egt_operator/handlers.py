@@ -21,7 +21,6 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,7 +38,7 @@ from egt_operator.store import stage_identity_of, store_verdict
 log = logging.getLogger(__name__)
 INTERVAL = float(os.environ.get("EGT_RECONCILE_SECONDS", "30"))
 _locks: dict[str, threading.Lock] = {}
-_written: dict[str, _Written] = {}  # per run: see _latest
+_written: dict[str, dict[str, Any]] = {}  # per run, the status it wrote last: see _latest
 _locks_guard = threading.Lock()
 _claims = Claims()  # which run computes which stage identity (egt_operator.sharing)
 
@@ -161,45 +160,27 @@ def reconcile_run(
             metrics.RECONCILE_ERRORS.inc()
             raise
         if written is not None:
-            _remember(key, run["metadata"].get("resourceVersion"), written, plan.status)
+            _written[key] = written
         metrics.observe(run, plan)
 
 
-@dataclass
-class _Written:
-    """The status this operator wrote last for a run, and the resourceVersions it superseded."""
-
-    status: dict[str, Any]
-    produced: str | None  # the resourceVersion the write gave the run
-    stale: set[str] = field(default_factory=set)
-
-
 def _latest(key: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    """The run as kopf last saw it, with the status this operator wrote last while kopf's copy
-    predates that write (watch events can arrive after the next pass starts): no API request.
+    """The run as kopf last saw it, with the status this operator wrote last where kopf's copy is
+    older: no API request.
 
-    resourceVersions are opaque, so "older" is what this operator saw superseded: every version a
-    write was based on, and every version a write produced before the latest one.
+    Watch events can arrive after the next pass has started, and kopf's own annotation patches make
+    versions of the run this operator never saw, so resourceVersions cannot tell an old copy from a
+    new one; the status's ``sequence``, counted up by every write of this operator, can.
     """
     run = copy.deepcopy(dict(body))
     written = _written.get(key)
-    if written is not None:
-        version = run["metadata"].get("resourceVersion")
-        if version in written.stale:
-            run["status"] = copy.deepcopy(written.status)
-        elif version == written.produced:
-            written.stale.clear()  # kopf has caught up
+    if written is not None and _sequence(run.get("status")) < _sequence(written):
+        run["status"] = copy.deepcopy(written)
     return run
 
 
-def _remember(key: str, based_on: str | None, response: Mapping[str, Any], status: dict[str, Any]) -> None:
-    written = _written.get(key)
-    stale = written.stale if written is not None else set()
-    if written is not None and written.produced is not None:
-        stale.add(written.produced)
-    if based_on is not None:
-        stale.add(based_on)
-    _written[key] = _Written(copy.deepcopy(status), response["metadata"].get("resourceVersion"), stale)
+def _sequence(status: Mapping[str, Any] | None) -> int:
+    return int((status or {}).get("sequence", 0))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
@@ -228,7 +209,7 @@ def _now() -> str:
 
 
 def _apply(run: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
-    """Carry out the plan; returns the run as patched when the status was written."""
+    """Carry out the plan; returns the status when it was written."""
     meta = run["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     for obj in plan.delete:
@@ -237,8 +218,9 @@ def _apply(run: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
         _create(obj)
     written = None
     if plan.status != (run.get("status") or {}):
-        written = client.CustomObjectsApi().patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": plan.status}
+        written = {**plan.status, "sequence": _sequence(run.get("status")) + 1}
+        client.CustomObjectsApi().patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": written}
         )
     for kind, reason, message in plan.events:
         kopf.event(run, type=kind, reason=reason, message=message)

@@ -285,7 +285,15 @@ def test_schema_and_model_agree_on_the_examples():
 
 def test_status_schema():
     status = open_api()["properties"]["status"]["properties"]
-    assert set(status) == {"observedGeneration", "currentStage", "message", "retry", "conditions", "stages"}
+    assert set(status) == {
+        "observedGeneration",
+        "currentStage",
+        "message",
+        "retry",
+        "sequence",
+        "conditions",
+        "stages",
+    }
     assert list(status["stages"]["properties"]) == list(STAGES)
     stage = status["stages"]["properties"]["sft"]["properties"]
     assert set(stage) == {"state", "startTime", "endTime", "child", "artifacts", "metrics", "message"}
@@ -299,6 +307,7 @@ def test_a_status_the_operator_writes_validates():
         "observedGeneration": 2,
         "currentStage": "sft",
         "message": "sft: running on 1 node",
+        "sequence": 7,
         "conditions": [
             {
                 "type": "Succeeded",
