@@ -35,11 +35,11 @@ def prepare(spec: EGTRunSpec) -> dict[str, Any]:
         external["model"] = model_digest(spec.model.path, endpoint)
     if spec.data.synthetic is None:
         external.update({name: external_digest(d.uri, endpoint) for name, d in spec.data.datasets().items()})
-    return {
-        "model": spec.model.model_dump(mode="json"),
-        "data": spec.data.model_dump(mode="json"),
-        "external": external,
-    }
+    return {**prepare_settings(spec), "external": external}
+
+
+def prepare_settings(spec: EGTRunSpec) -> dict[str, Any]:
+    return {"model": spec.model.model_dump(mode="json"), "data": spec.data.model_dump(mode="json")}
 
 
 def annotate(spec: EGTRunSpec) -> dict:
@@ -69,3 +69,20 @@ def rl(spec: EGTRunSpec) -> dict:
 
 def evaluate(spec: EGTRunSpec) -> dict:
     return spec.evaluate.model_dump(mode="json")
+
+
+_SETTINGS = {
+    "prepare": prepare_settings,
+    "annotate": annotate,
+    "sft": sft,
+    "probe": probe,
+    "curate": curate,
+    "rl": rl,
+    "evaluate": evaluate,
+}
+
+
+def settings(stage: str, spec: EGTRunSpec) -> dict[str, Any]:
+    """The spec settings a stage's outputs depend on: its fingerprint without the digests of
+    external data (which need the store). A running stage is interrupted only when these change."""
+    return _SETTINGS[stage](spec)

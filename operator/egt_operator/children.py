@@ -36,6 +36,7 @@ from egt.spec import API_VERSION, KIND, STAGES, EGTRun, EGTRunSpec, StageResourc
 
 SPEC_DIR = "/etc/egt"
 SPEC_PATH = f"{SPEC_DIR}/run.yaml"
+SPEC_VOLUME = "spec"  # the pod volume holding the run file
 SCRATCH = "/scratch"
 MANAGED_BY = "egt-operator"
 RUN_LABEL = "egt.dev/run"
@@ -224,7 +225,7 @@ def _container(run: Run, stage: str, name: str, res: StageResources, command: li
             "limits": {"memory": res.memory, **gpus},
         },
         "volumeMounts": [
-            {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
+            {"name": SPEC_VOLUME, "mountPath": SPEC_DIR, "readOnly": True},
             {"name": "scratch", "mountPath": SCRATCH},
             *([{"name": "shm", "mountPath": "/dev/shm"}] if res.gpus_per_node else []),
         ],
@@ -255,7 +256,7 @@ def _pod_template(run: Run, stage: str, container: dict, res: StageResources, **
         **extra,
         "containers": [container],
         "volumes": [
-            {"name": "spec", "configMap": {"name": config_map(run)["metadata"]["name"]}},
+            {"name": SPEC_VOLUME, "configMap": {"name": config_map(run)["metadata"]["name"]}},
             {"name": "scratch", "emptyDir": {}},
             *([{"name": "shm", "emptyDir": _shm(run)}] if res.gpus_per_node else []),
         ],

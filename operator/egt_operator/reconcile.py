@@ -14,8 +14,10 @@ The walk, in stage order (egt.spec.STAGES):
   with ``spec.suspend`` nothing new is created;
 - a stage with a child follows it: Running, then Succeeded (the next stage starts in the same
   pass) or Failed with the child's reason and message;
-- a child rendered from another version of the spec (its ``egt.dev/spec`` annotation) is deleted
-  and, once gone, created again from the current spec.
+- a child rendered from another version of the spec (its ``egt.dev/spec`` annotation: the child as
+  rendered and the settings its stage's outputs depend on) is deleted and, once gone, created again
+  from the current spec; an edit that touches neither leaves it running. Under ``spec.suspend`` a
+  running child is never deleted: the replacement waits until the run resumes.
 
 Spec changes (a new ``metadata.generation``): every stage that is not running goes back to
 Pending, so the walk re-checks it against the store: stages the change does not touch are Skipped
@@ -36,7 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from egt.spec import STAGES, SpecError
-from egt_operator.children import Run, render, run_from_resource
+from egt.stages.fingerprints import settings
+from egt_operator.children import SPEC_VOLUME, Run, render, run_from_resource
 
 RETRY_ANNOTATION = "egt.dev/retry"
 SPEC_ANNOTATION = "egt.dev/spec"  # digest of the rendered child, on every child
@@ -101,19 +104,36 @@ def _camel(reason: str) -> str:
     return cleaned if cleaned[:1].isalpha() else f"Reason{cleaned}"
 
 
-def digest(obj: Mapping[str, Any]) -> str:
-    """Digest of a rendered child (without the annotation that carries it)."""
-    plain = copy.deepcopy(dict(obj))
+def digest(obj: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> str:
+    """Digest of a rendered child (without the annotation that carries it) and of the stage settings
+    its outputs depend on.
+
+    The spec ConfigMap a child mounts is named after the whole run file, so its name is left out: an
+    edit elsewhere in the spec (another stage's settings, ``suspend``) leaves a running child alone;
+    pods keep reading the run file they started with, whose settings for their stage are unchanged.
+    """
+    plain = _without_spec_volume(copy.deepcopy(dict(obj)))
     plain.get("metadata", {}).get("annotations", {}).pop(SPEC_ANNOTATION, None)
-    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
+    text = json.dumps({"object": plain, "settings": settings}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def stamped(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rendered objects, each annotated with its own digest (how a stale child is recognized)."""
+def _without_spec_volume(value: Any) -> Any:
+    if isinstance(value, dict):
+        if value.get("name") == SPEC_VOLUME and "configMap" in value:
+            return {**value, "configMap": {**value["configMap"], "name": "<spec>"}}
+        return {key: _without_spec_volume(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_spec_volume(item) for item in value]
+    return value
+
+
+def stamped(objects: list[dict[str, Any]], settings: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The rendered objects, each annotated with its digest (how a stale child is recognized)."""
     out = []
     for obj in objects:
         obj = copy.deepcopy(obj)
-        obj["metadata"].setdefault("annotations", {})[SPEC_ANNOTATION] = digest(obj)
+        obj["metadata"].setdefault("annotations", {})[SPEC_ANNOTATION] = digest(obj, settings)
         out.append(obj)
     return out
 
@@ -209,7 +229,7 @@ def reconcile(
             condition("Succeeded", "False", "StageFailed", message)
             condition("Progressing", "False", "StageFailed", message)
             return finish(message)
-        objects = stamped(render(run, name))
+        objects = stamped(render(run, name), settings(name, run.spec))
         watched = objects[-1]
         child_name = watched["metadata"]["name"]
         child = children.get(child_name) if child_name not in deleting else None
@@ -254,6 +274,10 @@ def reconcile(
 
         observed_digest = (child["metadata"].get("annotations") or {}).get(SPEC_ANNOTATION)
         if observed_digest != watched["metadata"]["annotations"][SPEC_ANNOTATION]:
+            if run.spec.suspend:  # suspend never interrupts: the child is replaced on resuming
+                message = f"suspended; {name} runs on as started, and is redone with the new spec on resuming"
+                condition("Progressing", "False", "Suspended", message)
+                return finish(message)
             plan.delete.append(dict(child))
             plan.events.append(("Normal", "SpecChanged", f"{name}: replacing {child_name} (spec changed)"))
             return _progressing(plan, condition, finish, f"{name}: replacing its child after a spec change")

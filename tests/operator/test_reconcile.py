@@ -280,3 +280,49 @@ def test_a_pass_plans_from_the_operators_last_write_when_kopfs_copy_is_older():
         assert handlers._latest(key, caught_up)["status"]["stages"]["probe"]["state"] == "Succeeded"
     finally:
         handlers._written.pop(key)
+
+
+def running_sft() -> Cluster:
+    cluster = Cluster()
+    for stage in ("prepare", "annotate"):
+        cluster.step()
+        cluster.finish(f"tiny-demo-{stage}")
+    cluster.step()
+    assert cluster.state("sft") == "Running"
+    cluster.current = {"prepare", "annotate"}
+    return cluster
+
+
+def edit(cluster: Cluster, change) -> None:
+    change(cluster.body["spec"])
+    cluster.body["metadata"]["generation"] += 1
+
+
+def test_an_edit_elsewhere_in_the_spec_or_suspend_leaves_the_running_stage_alone():
+    # The ConfigMap every pod mounts is named after the whole run file: it must not make every edit
+    # look like a change to the running stage (issue 12, defect 1).
+    cluster = running_sft()
+    edit(cluster, lambda spec: spec["rl"].update(alpha=0.9))
+    plan = cluster.step()
+    assert plan.delete == [] and cluster.state("sft") == "Running"
+    edit(cluster, lambda spec: spec.update(suspend=True))
+    plan = cluster.step()
+    assert plan.delete == [] and plan.create == [] and cluster.state("sft") == "Running"
+    cluster.finish("tiny-demo-sft")
+    plan = cluster.step()  # the running stage finishes; nothing new starts while suspended
+    assert cluster.state("sft") == "Succeeded" and plan.create == []
+    assert cluster.condition("Progressing")["reason"] == "Suspended"
+    assert cluster.created.count("tiny-demo-sft") == 1
+
+
+def test_an_edit_to_the_running_stages_settings_replaces_it_but_not_while_suspended():
+    cluster = running_sft()
+    edit(cluster, lambda spec: spec.update(suspend=True) or spec["sft"].update(learning_rate=1e-5))
+    plan = cluster.step()
+    assert plan.delete == [] and cluster.state("sft") == "Running"
+    assert "suspended; sft runs on as started" in cluster.body["status"]["message"]
+    edit(cluster, lambda spec: spec.update(suspend=False))
+    plan = cluster.step()
+    assert [o["metadata"]["name"] for o in plan.delete] == ["tiny-demo-sft"]
+    cluster.step()
+    assert cluster.created.count("tiny-demo-sft") == 2 and cluster.state("sft") == "Running"
