@@ -498,13 +498,67 @@ class EvaluateSpec(Section):
     voting_temperature: float = Field(1.0, gt=0, description="Sampling temperature when voting_k > 1.")
 
 
+# Kubernetes' own formats (k8s.io/apimachinery), checked here so that `egt validate` and admission
+# refuse what the API server would refuse when the operator creates a stage's pods.
+Quantity = Annotated[
+    str,
+    Field(
+        pattern=r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][0-9]+)?$",
+        description="A Kubernetes quantity: 500m, 2, 16Gi, 1.5G (not 16GB).",
+    ),
+]
+LabelValue = Annotated[
+    str,
+    Field(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"),
+]
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"
+)
+
+
+def _label_key(key: str, where: str) -> str:
+    prefix, _, name = key.rpartition("/")
+    if not _LABEL_KEY.match(key) or len(name) > 63 or len(prefix) > 253:
+        raise ValueError(
+            f"{where}: {key!r} is not a Kubernetes label key ([prefix/]name: a DNS subdomain, then up to "
+            "63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit)"
+        )
+    return key
+
+
 class StageResources(Section):
     """Pods and resources of one stage on a cluster."""
 
     nodes: PositiveInt = Field(1, description="Pods (nodes) the stage spans.")
     gpus_per_node: int = Field(0, ge=0, description="nvidia.com/gpu per pod.")
-    cpu: str = Field("2", description="CPU request per pod.")
-    memory: str = Field("8Gi", description="Memory request per pod.")
+    cpu: Quantity = Field("2", description="CPU request per pod (a Kubernetes quantity: 500m, 2, 64).")
+    memory: Quantity = Field("8Gi", description="Memory request and limit per pod (a quantity: 16Gi).")
+
+
+class Toleration(Section):
+    """A pod toleration, as Kubernetes spells it."""
+
+    key: str | None = Field(None, description="Taint key; empty with operator Exists tolerates every taint.")
+    operator: Literal["Equal", "Exists"] = Field("Equal", description="Equal (key and value) or Exists.")
+    value: LabelValue | None = Field(None, description="Taint value (operator Equal only).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="The taint effect tolerated; empty: every effect."
+    )
+    tolerationSeconds: int | None = Field(  # Kubernetes spelling, as users copy it
+        None, description="How long a NoExecute taint is tolerated before eviction."
+    )
+
+    @model_validator(mode="after")
+    def _as_kubernetes_validates(self) -> Toleration:
+        if self.key is not None:
+            _label_key(self.key, "cluster.tolerations key")
+        if self.operator == "Exists" and self.value:
+            raise ValueError("cluster.tolerations: a toleration with operator Exists takes no value")
+        if self.key is None and self.operator != "Exists":
+            raise ValueError("cluster.tolerations: a toleration without a key needs operator Exists")
+        if self.tolerationSeconds is not None and self.effect != "NoExecute":
+            raise ValueError("cluster.tolerations: tolerationSeconds applies to effect NoExecute only")
+        return self
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -515,8 +569,10 @@ class ClusterSpec(Section):
     """How stages run on Kubernetes: image, GPU placement, Secrets, resources."""
 
     image: str = Field("ghcr.io/egt-dev/egt-trainer:0.1.0", description="Trainer image of every stage pod.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of GPU pods.")
-    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations of GPU pods.")
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict, description="nodeSelector of GPU pods: node label keys and values."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations of GPU pods.")
     s3_secret: str | None = Field(None, description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.")
     teacher_secret: str | None = Field(
         None, description="Secret holding the teacher's and referee's API keys."
@@ -529,13 +585,20 @@ class ClusterSpec(Section):
         description="Extra environment of every stage pod, e.g. NCCL_SOCKET_IFNAME, NCCL_IB_HCA. Never "
         "secrets: those come from s3_secret / teacher_secret.",
     )
-    shm_size: str | None = Field(
+    shm_size: Quantity | None = Field(
         None, description="Size limit of GPU pods' memory-backed /dev/shm (e.g. 16Gi); unset = no limit."
     )
 
     def resources_for(self, stage: str) -> StageResources:
         """The stage's pod resources; the defaults where the stage is not listed."""
         return self.resources.get(stage) or StageResources()
+
+    @field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, selector: dict[str, str]) -> dict[str, str]:
+        for key in selector:
+            _label_key(key, "cluster.node_selector")
+        return selector
 
     @field_validator("env")
     @classmethod

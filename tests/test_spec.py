@@ -475,6 +475,39 @@ def test_cluster_env_refuses_secrets():
     assert parse_run(doc).spec.cluster.env == {"NCCL_SOCKET_IFNAME": "eth0"}
 
 
+@pytest.mark.parametrize(
+    "cluster, named",
+    [
+        ({"resources": {"sft": {"memory": "512GB"}}}, "spec.cluster.resources.sft.memory"),
+        ({"resources": {"rl": {"cpu": "two"}}}, "spec.cluster.resources.rl.cpu"),
+        ({"shm_size": "16 GiB"}, "spec.cluster.shm_size"),
+        ({"node_selector": {"gpu type": "h20"}}, "is not a Kubernetes label key"),
+        ({"node_selector": {"pool": "h20/large"}}, "spec.cluster.node_selector.pool"),
+        ({"tolerations": [{"key": "gpu", "operator": "Exists", "value": "x"}]}, "takes no value"),
+        ({"tolerations": [{"operator": "Equal", "value": "x"}]}, "without a key needs operator Exists"),
+        ({"tolerations": [{"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 5}]}, "NoExecute only"),
+        ({"tolerations": [{"key": "gpu", "effect": "NoSchedul"}]}, "spec.cluster.tolerations.0.effect"),
+    ],
+)
+def test_cluster_values_the_api_server_would_refuse_are_refused_here(cluster, named):
+    # Found at `egt validate`, not when the operator's create fails mid-run (issue 12, defect 2).
+    assert named in spec_error(doc(cluster=cluster))
+
+
+def test_cluster_values_kubernetes_accepts_pass():
+    cluster = {
+        "resources": {"sft": {"cpu": "500m", "memory": "1.5G"}, "rl": {"cpu": "64", "memory": "512Gi"}},
+        "shm_size": "16Gi",
+        "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H20", "pool": ""},
+        "tolerations": [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+            {"operator": "Exists"},
+            {"key": "spot", "value": "true", "effect": "NoExecute", "tolerationSeconds": 60},
+        ],
+    }
+    assert parse_run(doc(cluster=cluster)).spec.cluster.tolerations[2].tolerationSeconds == 60
+
+
 def test_a_bare_dataset_uri_says_how_to_write_it():
     message = spec_error(doc(data={"sft": "s3://b/sft.jsonl", "rl": REAL_DATA["rl"]}))
     assert "spec.data.sft" in message and "{uri: s3://b/sft.jsonl, format: …}" in message

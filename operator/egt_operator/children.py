@@ -265,7 +265,7 @@ def _pod_template(run: Run, stage: str, container: dict, res: StageResources, **
     if res.gpus_per_node and cluster.node_selector:
         spec["nodeSelector"] = dict(cluster.node_selector)
     if res.gpus_per_node and cluster.tolerations:
-        spec["tolerations"] = [dict(toleration) for toleration in cluster.tolerations]
+        spec["tolerations"] = [toleration.model_dump(exclude_none=True) for toleration in cluster.tolerations]
     return {"metadata": {"labels": labels(run, stage)}, "spec": spec}
 
 

@@ -29,7 +29,19 @@ STAGE_STATES = ("Pending", "Running", "Succeeded", "Failed", "Skipped")
 REGENERATE = "python -m egt_operator.crd > operator/egt_operator/crd.yaml"
 
 # Keywords that pass through unchanged: the JSONSchemaProps fields pydantic emits for egt/spec.py.
-_PLAIN = {"type", "description", "default", "enum", "minimum", "maximum", "multipleOf", "required"}
+_PLAIN = {
+    "type",
+    "description",
+    "default",
+    "enum",
+    "minimum",
+    "maximum",
+    "multipleOf",
+    "required",
+    "pattern",
+    "maxLength",
+    "minLength",
+}
 
 
 class UnsupportedSchema(ValueError):

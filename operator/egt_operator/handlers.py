@@ -17,6 +17,7 @@ runs, as in the API emulator the tests use).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import threading
@@ -31,7 +32,7 @@ from kubernetes.client.exceptions import ApiException
 from egt_operator import metrics
 from egt_operator.children import RUN_LABEL, Run
 from egt_operator.crd import GROUP, PLURAL, VERSION
-from egt_operator.reconcile import Plan, reconcile
+from egt_operator.reconcile import Plan, fail_stage, reconcile
 from egt_operator.sharing import Claims
 from egt_operator.store import stage_identity_of, store_verdict
 
@@ -215,7 +216,15 @@ def _apply(run: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
     for obj in plan.delete:
         _delete(obj["kind"], obj["metadata"]["name"], namespace)
     for obj in plan.create:
-        _create(obj)
+        try:
+            _create(obj)
+        except ApiException as error:
+            if not refused_for_good(error):
+                raise  # kopf retries the pass
+            kind, child = obj["kind"], obj["metadata"]["name"]
+            why = f"CreateRefused: the API server refused {kind} {child}: {error.status} {api_message(error)}"
+            plan = fail_stage(plan, plan.status["currentStage"], why, _now())
+            break
     written = None
     if plan.status != (run.get("status") or {}):
         written = {**plan.status, "sequence": _sequence(run.get("status")) + 1}
@@ -250,6 +259,20 @@ def _create(obj: dict[str, Any]) -> None:
     except ApiException as error:
         if error.status != 409:
             raise
+
+
+def refused_for_good(error: ApiException) -> bool:
+    """A 4xx that a repeat of the same request would get again: invalid, forbidden (over quota, a
+    policy webhook), not found. 409 (exists: adopted) and 429 (throttled) are not."""
+    return error.status is not None and 400 <= error.status < 500 and error.status not in (409, 429)
+
+
+def api_message(error: ApiException) -> str:
+    """The API server's own message (the Status body's), else the HTTP reason."""
+    try:
+        return json.loads(error.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        return str(error.reason)
 
 
 def _delete(kind: str, name: str, namespace: str) -> None:

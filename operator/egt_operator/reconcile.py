@@ -298,13 +298,8 @@ def reconcile(
             plan.transitions.append((name, "Succeeded"))
             plan.events.append(("Normal", "StageSucceeded", f"{name}: {child_name} succeeded"))
             continue
-        stages[name] = _ended("Failed", now, f"{reason}: {message}", None, stage, child_name)
-        plan.transitions.append((name, "Failed"))
-        plan.events.append(("Warning", "StageFailed", f"{name}: {reason}: {message}"))
-        failure = f"{name} failed: {reason}: {message}"
-        condition("Succeeded", "False", "StageFailed", failure)
-        condition("Progressing", "False", "StageFailed", failure)
-        return finish(failure)
+        finish("")
+        return fail_stage(plan, name, f"{reason}: {message}", now)
 
     was_done = any(c["type"] == "Succeeded" and c["status"] == "True" for c in status.get("conditions") or [])
     condition("Succeeded", "True", "AllStagesDone", "every stage succeeded or was skipped")
@@ -312,6 +307,26 @@ def reconcile(
     if not was_done:
         plan.events.append(("Normal", "RunSucceeded", "every stage succeeded or was skipped"))
     return finish("done")
+
+
+def fail_stage(plan: Plan, stage: str, why: str, now: str) -> Plan:
+    """``plan`` changed to fail ``stage`` (and so the run) for the reason ``why``; nothing it would
+    have started for the stage is announced. Also how the handlers report a child the API server
+    refused to create: a retry or a spec edit starts the stage again."""
+    status = plan.status
+    previous = status["stages"][stage]
+    status["stages"][stage] = _ended("Failed", now, why, None, previous, previous.get("child"))
+    failure = f"{stage} failed: {why}"
+    generation = status["observedGeneration"]
+    for kind in ("Succeeded", "Progressing"):
+        status["conditions"] = set_condition(
+            status["conditions"], kind, "False", "StageFailed", failure, generation, now
+        )
+    status["message"] = failure
+    plan.transitions = [t for t in plan.transitions if t[0] != stage] + [(stage, "Failed")]
+    plan.events = [e for e in plan.events if e[1] != "StageStarted"]
+    plan.events.append(("Warning", "StageFailed", f"{stage}: {why}"))
+    return plan
 
 
 def _progressing(plan: Plan, condition, finish, message: str) -> Plan:

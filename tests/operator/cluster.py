@@ -393,6 +393,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _closing: bool = attrs.field(default=False, init=False)
     # Requests served, by User-Agent (the operator benchmark counts the operator's).
     requests_by_agent: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    # Fault injection: creates of these names are answered (code, reason, message), as admission
+    # (a quota, a policy webhook) would answer them.
+    refusals: dict[str, tuple[int, str, str]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -553,6 +556,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 "Invalid",
                 f'{kind.kind} "" is invalid: metadata.name: Required value: name or generateName is required',
             )
+        if name in self.refusals:
+            raise _error(*self.refusals[name], name=name, kind=kind.plural)
         namespace = request.namespace if kind.namespaced else None
         if kind.namespaced and meta.get("namespace", namespace) != namespace:
             raise _error(

@@ -221,8 +221,9 @@ def test_types_enums_bounds_and_optionals_survive_conversion():
 
 def test_cluster_section_shapes():
     cluster = spec_schema()["properties"]["cluster"]["properties"]
-    assert cluster["node_selector"]["additionalProperties"] == {"type": "string"}
-    assert cluster["tolerations"]["items"] == {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    assert cluster["node_selector"]["additionalProperties"]["maxLength"] == 63  # a label value
+    toleration = cluster["tolerations"]["items"]["properties"]
+    assert toleration["operator"]["enum"] == ["Equal", "Exists"] and "tolerationSeconds" in toleration
     # dict[StageName, StageResources]: one explainable property per stage, no free keys
     assert list(cluster["resources"]["properties"]) == list(STAGES)
     assert "additionalProperties" not in cluster["resources"]
@@ -263,6 +264,11 @@ def test_resolved_run_validates():
         (lambda d: d["spec"]["probe"].update(num_shards=0), "less than the minimum"),
         (lambda d: d["spec"]["rl"].update(clip_epsilon=1), "greater than or equal to the maximum"),
         (lambda d: d["spec"]["sft"].update(learning_rate="fast"), "is not of type"),
+        # What the API server would refuse only when the operator creates the stage's pods:
+        (lambda d: d["spec"]["cluster"]["resources"]["sft"].update(memory="512GB"), "does not match"),
+        (lambda d: d["spec"]["cluster"]["tolerations"][0].update(effect="NoSchedul"), "is not one of"),
+        (lambda d: d["spec"]["cluster"]["node_selector"].update(pool="h20 nodes"), "does not match"),
+        (lambda d: d["spec"]["cluster"].update(shm_size="16 GiB"), "does not match"),
         (lambda d: d["metadata"].update(name="Bad_Name"), "does not match"),
         (lambda d: d.pop("spec"), "'spec' is a required property"),
     ],

@@ -147,6 +147,32 @@ def test_a_failed_stage_fails_the_run_and_a_retry_resumes_it(
     assert condition(kube_client, "tiny-demo")["status"] == "Unknown"
 
 
+def test_a_child_the_api_server_refuses_fails_its_stage_with_the_servers_message(
+    kube, kube_client, kubelet, operator, tmp_path
+) -> None:
+    quota = (
+        'jobs.batch "tiny-demo-prepare" is forbidden: exceeded quota: gpu-quota, requested: '
+        "requests.memory=8Gi, used: requests.memory=60Gi, limited: requests.memory=64Gi"
+    )
+    kube.emulator.refusals["tiny-demo-prepare"] = (403, "Forbidden", quota)
+    create_run(kube_client, run_document(tmp_path))
+    wait_for(lambda: condition(kube_client, "tiny-demo").get("status") == "False", timeout=15)
+    stage = get_run(kube_client, "tiny-demo")["status"]["stages"]["prepare"]
+    assert stage["state"] == "Failed"
+    assert stage["message"] == f"CreateRefused: the API server refused Job tiny-demo-prepare: 403 {quota}"
+    assert condition(kube_client, "tiny-demo")["reason"] == "StageFailed"
+    events = [e for e in kubelet.list("Event") if e.get("reason") == "StageFailed"]
+    assert events and "exceeded quota" in events[0]["message"]
+    assert not [e for e in kubelet.list("Event") if e.get("reason") == "StageStarted"]
+
+    del kube.emulator.refusals["tiny-demo-prepare"]  # the quota raised: a retry starts the stage
+    runs(kube_client).patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, "tiny-demo", {"metadata": {"annotations": {"egt.dev/retry": "1"}}}
+    )
+    child(kubelet, "tiny-demo", "prepare")
+    wait_for(lambda: stage_state(kube_client, "tiny-demo", "prepare") == "Running", timeout=15)
+
+
 def test_deleting_a_run_deletes_its_children(kube_client, kubelet, operator, tmp_path) -> None:
     create_run(kube_client, run_document(tmp_path))
     child(kubelet, "tiny-demo", "prepare")
