@@ -588,6 +588,17 @@ class ClusterSpec(Section):
     shm_size: Quantity | None = Field(
         None, description="Size limit of GPU pods' memory-backed /dev/shm (e.g. 16Gi); unset = no limit."
     )
+    active_deadline_seconds: PositiveInt | None = Field(
+        None,
+        description="Longest a stage's Job or RayJob may run (activeDeadlineSeconds); past it the stage "
+        "fails with DeadlineExceeded. Unset: no limit.",
+    )
+    start_deadline_seconds: PositiveInt | None = Field(
+        1800,
+        description="Longest the RL stage's Ray cluster may take to start the job (the RayJob's "
+        "preRunningDeadlineSeconds, KubeRay >= 1.6): pods that cannot be scheduled, pulled or admitted "
+        "fail the stage with KubeRay's reason instead of waiting for ever. Unset: no limit.",
+    )
 
     def resources_for(self, stage: str) -> StageResources:
         """The stage's pod resources; the defaults where the stage is not listed."""

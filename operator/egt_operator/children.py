@@ -51,6 +51,8 @@ RAYJOB_NAME_LIMIT = 47
 RAY_CLUSTER_TTL_SECONDS = 300
 # The Ray head runs the driver, GCS and dashboard, no actors; the spec's per-pod defaults fit it.
 RAY_HEAD = StageResources()
+# The RayJob's submitter pod only runs `ray job submit` and follows the job's logs.
+RAY_SUBMITTER = StageResources(cpu="500m", memory="1Gi")
 
 
 class RenderError(ValueError):
@@ -234,7 +236,9 @@ def _container(run: Run, stage: str, name: str, res: StageResources, command: li
     }
 
 
-def _pod_template(run: Run, stage: str, container: dict, res: StageResources, **extra: Any) -> dict:
+def _pod_template(
+    run: Run, stage: str, container: dict, res: StageResources, volumes: bool = True, **extra: Any
+) -> dict:
     """A pod template around one container: non-root, never restarted, placed on GPU nodes if it has GPUs.
 
     ``restartPolicy: Never``: a failed container fails its pod and so the child; the operator
@@ -255,12 +259,13 @@ def _pod_template(run: Run, stage: str, container: dict, res: StageResources, **
         },
         **extra,
         "containers": [container],
-        "volumes": [
+    }
+    if volumes:
+        spec["volumes"] = [
             {"name": SPEC_VOLUME, "configMap": {"name": config_map(run)["metadata"]["name"]}},
             {"name": "scratch", "emptyDir": {}},
             *([{"name": "shm", "emptyDir": _shm(run)}] if res.gpus_per_node else []),
-        ],
-    }
+        ]
     cluster = run.spec.cluster
     if res.gpus_per_node and cluster.node_selector:
         spec["nodeSelector"] = dict(cluster.node_selector)
@@ -284,12 +289,14 @@ def _job(
 ) -> dict[str, Any]:
     res = resources(run, stage)
     container = _container(run, stage, stage, res, command)
+    deadline = run.spec.cluster.active_deadline_seconds
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": _metadata(run, name, stage),
         "spec": {
             **(job or {"backoffLimit": 0}),
+            **({"activeDeadlineSeconds": deadline} if deadline else {}),
             "template": _pod_template(run, stage, container, res, **(pod or {})),
         },
     }
@@ -361,19 +368,38 @@ def probe(run: Run) -> list[dict[str, Any]]:
 def rl(run: Run) -> list[dict[str, Any]]:
     """The RL stage as a KubeRay RayJob: the driver on a CPU head, actors on ``nodes`` GPU workers.
 
-    ``SidecarMode`` (KubeRay ≥ 1.5): the submitter runs as a container in the head pod, so it
-    shares the head's fate; a separate submitter Job (K8sJobMode) can be evicted on its own and
-    fail a healthy run, and retried submissions have collided with the running job. Ray runs the
-    entrypoint on the head, where the run file and credentials are, and sets ``RAY_ADDRESS`` for
-    it, so ``jobs.rl`` joins this cluster. The head starts with ``num-cpus: 0``: no actor lands
-    beside the driver. Workers advertise the GPUs and CPUs of their limits and requests (KubeRay
-    derives ``ray start`` resources from them). ``backoffLimit: 0``: the operator owns retries, and
-    rl resumes from its last checkpoint. The Ray cluster is deleted ``ttlSecondsAfterFinished``
-    after the job ends, freeing the GPUs.
+    ``K8sJobMode`` with a submitter pod template of egt's own: KubeRay's SidecarMode (v1.5 to 1.7)
+    injects a submitter container without a securityContext, which a namespace enforcing the
+    restricted Pod Security Standard refuses, leaving the head pod, and the stage, waiting for
+    ever. KubeRay fills the submitter's ``ray job submit`` command (the container names none). The
+    submitter is never retried (``submitterConfig.backoffLimit: 0``): a second submission would
+    collide with the running job; an evicted submitter fails the stage, and the operator's retry
+    resumes rl from its last checkpoint. Ray runs the entrypoint on the head, where the run file and
+    credentials are, and sets ``RAY_ADDRESS`` for it, so ``jobs.rl`` joins this cluster. The head
+    starts with ``num-cpus: 0`` and ``num-gpus: 0``: no actor lands beside the driver. Workers
+    advertise the GPUs and CPUs of their limits and requests (KubeRay derives ``ray start``
+    resources from them). ``backoffLimit: 0``: the operator owns retries. A Ray cluster that does
+    not get to run the job within ``cluster.start_deadline_seconds`` fails with KubeRay's reason.
+    The Ray cluster is deleted ``ttlSecondsAfterFinished`` after the job ends, freeing the GPUs.
     """
     res = resources(run, "rl")
+    cluster = run.spec.cluster
     head = _container(run, "rl", "ray-head", RAY_HEAD, None)
     worker = _container(run, "rl", "ray-worker", res, None)
+    submitter = {
+        "name": "ray-job-submitter",
+        "image": cluster.image,
+        "resources": {
+            "requests": {"cpu": RAY_SUBMITTER.cpu, "memory": RAY_SUBMITTER.memory},
+            "limits": {"memory": RAY_SUBMITTER.memory},
+        },
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    deadlines = {
+        "activeDeadlineSeconds": cluster.active_deadline_seconds,
+        "preRunningDeadlineSeconds": cluster.start_deadline_seconds,
+    }
     return [
         {
             "apiVersion": "ray.io/v1",
@@ -381,14 +407,17 @@ def rl(run: Run) -> list[dict[str, Any]]:
             "metadata": _metadata(run, child_name(run.name, "rl", limit=RAYJOB_NAME_LIMIT), "rl"),
             "spec": {
                 "entrypoint": " ".join(stage_command("rl")),
-                "submissionMode": "SidecarMode",
+                "submissionMode": "K8sJobMode",
+                "submitterPodTemplate": _pod_template(run, "rl", submitter, RAY_SUBMITTER, volumes=False),
+                "submitterConfig": {"backoffLimit": 0},
                 "backoffLimit": 0,
+                **{key: value for key, value in deadlines.items() if value},
                 "shutdownAfterJobFinishes": True,
                 "ttlSecondsAfterFinished": RAY_CLUSTER_TTL_SECONDS,
                 "rayClusterSpec": {
                     "rayVersion": RAY_VERSION,
                     "headGroupSpec": {
-                        "rayStartParams": {"num-cpus": "0"},
+                        "rayStartParams": {"num-cpus": "0", "num-gpus": "0"},
                         "template": _pod_template(run, "rl", head, RAY_HEAD),
                     },
                     "workerGroupSpecs": [
@@ -417,3 +446,28 @@ _RENDERERS = {
     "rl": lambda run: rl(run) if run.spec.rl.enabled else single_job(run, "rl"),
     "evaluate": lambda run: single_job(run, "evaluate"),
 }
+
+
+def kuberay_gaps(rayjob: Mapping[str, Any], crd: Mapping[str, Any] | None) -> str | None:
+    """Why the cluster's KubeRay cannot run ``rayjob`` as rendered, or None.
+
+    ``crd`` is the installed ``rayjobs.ray.io`` CustomResourceDefinition (None: not installed). An
+    older KubeRay's CRD lacks fields egt sets, and the API server prunes unknown fields without a
+    word: the deadline (``preRunningDeadlineSeconds``, KubeRay >= 1.6) would silently not apply.
+    """
+    if crd is None:
+        return "KubeRay is not installed: the cluster has no rayjobs.ray.io CustomResourceDefinition"
+    [served] = [v for v in crd["spec"]["versions"] if v["name"] == "v1"] or [None]
+    if served is None:
+        return "the installed KubeRay serves no ray.io/v1 RayJob: KubeRay >= 1.6 is needed"
+    spec = served.get("schema", {}).get("openAPIV3Schema", {}).get("properties", {}).get("spec", {})
+    known = spec.get("properties", {})
+    missing = [f"spec.{key}" for key in rayjob["spec"] if key not in known]
+    cluster = known.get("rayClusterSpec", {}).get("properties", {})
+    missing += [f"spec.rayClusterSpec.{k}" for k in rayjob["spec"]["rayClusterSpec"] if k not in cluster]
+    if missing:
+        return (
+            f"the installed KubeRay's RayJob CRD has no {', '.join(missing)}: KubeRay >= 1.6 is needed "
+            "(upgrade its CRDs too: `helm upgrade` leaves a chart's crds/ alone)"
+        )
+    return None

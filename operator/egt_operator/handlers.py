@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +31,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from egt_operator import metrics
-from egt_operator.children import RUN_LABEL, Run
+from egt_operator.children import RUN_LABEL, Run, kuberay_gaps
 from egt_operator.crd import GROUP, PLURAL, VERSION
 from egt_operator.reconcile import Plan, fail_stage, reconcile
 from egt_operator.sharing import Claims
@@ -38,6 +39,7 @@ from egt_operator.store import stage_identity_of, store_verdict
 
 log = logging.getLogger(__name__)
 INTERVAL = float(os.environ.get("EGT_RECONCILE_SECONDS", "30"))
+CRD_READ_SECONDS = 60.0
 _locks: dict[str, threading.Lock] = {}
 _written: dict[str, dict[str, Any]] = {}  # per run, the status it wrote last: see _latest
 _locks_guard = threading.Lock()
@@ -155,6 +157,7 @@ def reconcile_run(
                 store_verdict,
                 _now(),
                 lambda run, stage: _sharing(run, stage, f"{namespace}/{name}", job_index, rayjob_index),
+                _preflight,
             )
             written = _apply(run, plan)
         except Exception:
@@ -163,6 +166,41 @@ def reconcile_run(
         if written is not None:
             _written[key] = written
         metrics.observe(run, plan)
+
+
+def _preflight(objects: list[dict[str, Any]]) -> str | None:
+    """Why this cluster cannot run these children: a RayJob needs a recent enough KubeRay."""
+    for obj in objects:
+        if obj["kind"] == "RayJob":
+            installed = _rayjob_crd()
+            return None if installed is _UNKNOWN else kuberay_gaps(obj, installed)
+    return None
+
+
+_UNKNOWN: Any = object()
+_crd_cache: dict[str, Any] = {"at": -CRD_READ_SECONDS}  # the RayJob CRD as last read, and when
+
+
+def _rayjob_crd() -> Any:
+    """The installed rayjobs.ray.io CRD, read at most every CRD_READ_SECONDS (an upgraded KubeRay
+    is seen on the next retry): None when not installed, _UNKNOWN when the operator may not read
+    CRDs (namespaced RBAC without cluster read): then nothing is checked."""
+    if time.monotonic() - _crd_cache["at"] < CRD_READ_SECONDS:
+        return _crd_cache["crd"]
+    try:
+        found = client.ApiClient().sanitize_for_serialization(
+            client.ApiextensionsV1Api().read_custom_resource_definition("rayjobs.ray.io")
+        )
+    except ApiException as error:
+        if error.status == 404:
+            found = None
+        elif error.status == 403:
+            log.warning("may not read the rayjobs.ray.io CRD: the installed KubeRay version is not checked")
+            found = _UNKNOWN
+        else:
+            raise
+    _crd_cache.update(crd=found, at=time.monotonic())
+    return found
 
 
 def _latest(key: str, body: Mapping[str, Any]) -> dict[str, Any]:

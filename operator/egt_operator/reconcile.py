@@ -45,6 +45,7 @@ RETRY_ANNOTATION = "egt.dev/retry"
 SPEC_ANNOTATION = "egt.dev/spec"  # digest of the rendered child, on every child
 IDENTITY_ANNOTATION = "egt.dev/identity"  # the stage identity a child computes (egt_operator.sharing)
 DONE = ("Succeeded", "Skipped")
+RAYJOB_TERMINAL = ("Complete", "Failed", "ValidationFailed")  # KubeRay's final jobDeploymentStatus
 
 
 @dataclass
@@ -70,13 +71,15 @@ def child_phase(child: Mapping[str, Any]) -> tuple[str, str, str]:
     """(Running | Succeeded | Failed, reason, message) of a Job or a KubeRay RayJob.
 
     A Job is done when its Complete (or SuccessCriteriaMet) or Failed condition is True. A RayJob
-    has no conditions: ``jobDeploymentStatus`` Complete or Failed is terminal, then ``jobStatus``
-    says whether the Ray job itself SUCCEEDED.
+    has no conditions: a terminal ``jobDeploymentStatus`` (Complete, Failed, and ValidationFailed,
+    which KubeRay >= 1.5 never leaves) ends it, then ``jobStatus`` says whether the Ray job itself
+    SUCCEEDED; KubeRay's ``reason`` (DeadlineExceeded, PreRunningDeadlineExceeded, SubmissionFailed,
+    AppFailed, ...) and ``message`` say why not.
     """
     status = child.get("status") or {}
     if child.get("kind") == "RayJob":
         deployment = status.get("jobDeploymentStatus")
-        if deployment not in ("Complete", "Failed"):
+        if deployment not in RAYJOB_TERMINAL:
             return "Running", "RayJobRunning", f"RayJob {deployment or 'starting'}"
         job_status = status.get("jobStatus")
         if deployment == "Complete" and job_status == "SUCCEEDED":
@@ -167,6 +170,7 @@ def reconcile(
     store_verdict: Callable[[Run, str], StoreVerdict | None],
     now: str,
     sharing: Callable[[Run, str], tuple[str | None, str | None]] = lambda run, stage: (None, None),
+    preflight: Callable[[list[dict[str, Any]]], str | None] = lambda objects: None,
 ) -> Plan:
     """The plan for one pass over the run ``body``.
 
@@ -176,6 +180,8 @@ def reconcile(
     a stage's children would be created, gives the stage's identity (stamped on the children) and
     the other run already computing that identity, if any: then the stage waits for it, Pending,
     and is Skipped once that run's outputs are in the store (egt_operator.sharing).
+    ``preflight(objects)``, asked before a stage's children are created, says why this cluster
+    cannot run them (e.g. a KubeRay too old for the RayJob): the stage fails with that, until a retry.
     """
     meta = body["metadata"]
     generation = int(meta.get("generation") or 1)
@@ -261,6 +267,10 @@ def reconcile(
                 if identity is not None:
                     for obj in objects:
                         obj["metadata"]["annotations"][IDENTITY_ANNOTATION] = identity
+                problem = preflight(objects)
+                if problem is not None:
+                    finish("")
+                    return fail_stage(plan, name, f"ClusterUnsupported: {problem}", now)
             plan.create.extend(objects)
             # Running without a child in view: created by an earlier pass and not yet seen through
             # the watch (the create then answers 409, harmless), or deleted by hand (made again).

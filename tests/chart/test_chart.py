@@ -33,6 +33,7 @@ from egt.cli import parser
 from egt.spec import ClusterSpec, MetricsSpec
 from egt_operator.children import RUN_AS
 from egt_operator.crd import REGENERATE
+from tests.fixtures.pss import restricted_violations
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "egt"
@@ -322,45 +323,6 @@ def test_values_schema_rejects_bad_values(helm, args, error):
 
 # ---- the operator's pod ---------------------------------------------------------------------------------
 
-# Pod Security Standards, restricted profile (the checks that apply to these pods).
-RESTRICTED_VOLUMES = {"configMap", "emptyDir", "secret", "projected", "downwardAPI", "persistentVolumeClaim"}
-
-
-def restricted_violations(pod: dict[str, Any]) -> list[str]:
-    """What in a pod spec the restricted Pod Security profile would refuse."""
-    found = []
-    security = pod.get("securityContext", {})
-    for flag in ("hostNetwork", "hostPID", "hostIPC"):
-        if pod.get(flag):
-            found.append(flag)
-    for volume in pod.get("volumes", []):
-        kinds = set(volume) - {"name"}
-        if not kinds <= RESTRICTED_VOLUMES:
-            found.append(f"volume {volume['name']}: {kinds}")
-    if security.get("seccompProfile", {}).get("type") not in ("RuntimeDefault", "Localhost"):
-        found.append("pod seccompProfile")
-    if security.get("runAsUser") == 0:
-        found.append("pod runAsUser 0")
-    for container in pod["containers"] + pod.get("initContainers", []):
-        context = container.get("securityContext", {})
-        name = container["name"]
-        if not (context.get("runAsNonRoot") or security.get("runAsNonRoot")):
-            found.append(f"{name}: runAsNonRoot")
-        if context.get("allowPrivilegeEscalation") is not False:
-            found.append(f"{name}: allowPrivilegeEscalation")
-        if context.get("privileged"):
-            found.append(f"{name}: privileged")
-        if context.get("runAsUser") == 0:
-            found.append(f"{name}: runAsUser 0")
-        capabilities = context.get("capabilities", {})
-        if "ALL" not in capabilities.get("drop", []):
-            found.append(f"{name}: capabilities not dropped")
-        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
-            found.append(f"{name}: capabilities added")
-        if any(port.get("hostPort") for port in container.get("ports", [])):
-            found.append(f"{name}: hostPort")
-    return found
-
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_pods_are_restricted_and_non_root(rendered, scenario):
@@ -434,7 +396,7 @@ OPERATOR_RULES = {
     ("", "events"): {"create"},
 }
 SCAN_RULES = {
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch", "get"},
     ("", "namespaces"): {"list", "watch"},
 }
 
@@ -456,7 +418,9 @@ def test_rbac_is_least_privilege(rendered, scenario):
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[field], f"{role['metadata']['name']}: wildcard in {field}"
-            assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+            assert "nonResourceURLs" not in rule
+            # names narrow a rule; grants() reads rules without them, so only this one may have them
+            assert rule.get("resourceNames", ["rayjobs.ray.io"]) == ["rayjobs.ray.io"]
         assert not {resource for _, resource in grants(role)} & {"secrets", "pods", "pods/exec"}
     bindings = of_kind(rendered[scenario], "ClusterRoleBinding") + of_kind(rendered[scenario], "RoleBinding")
     accounts = {obj["metadata"]["name"] for obj in of_kind(rendered[scenario], "ServiceAccount")}
@@ -478,8 +442,15 @@ def test_rbac_per_scope(helm, rendered):
     operator's rules in a Role per watched namespace, and only read-only cluster-wide scans."""
     [cluster_role] = of_kind(rendered["default"], "ClusterRole")
     assert grants(cluster_role) == OPERATOR_RULES | {
-        ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch", "get"}
     }
+    # kopf lists CRDs; the operator reads one, KubeRay's, to check its version before an RL stage
+    [read] = [
+        rule
+        for rule in cluster_role["rules"]
+        if "get" in rule["verbs"] and "apiextensions.k8s.io" in rule["apiGroups"]
+    ]
+    assert read["resourceNames"] == ["rayjobs.ray.io"] and read["verbs"] == ["get"]
     assert not of_kind(rendered["default"], "Role")
 
     scoped = rendered["namespaced"]

@@ -64,6 +64,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+import egt_operator
 from egt_operator.children import RUN_LABEL
 from egt_operator.crd import crd
 from tests.fixtures.processes import free_ports, stop
@@ -143,6 +144,35 @@ def _egtrun() -> Kind:
         schema=version["schema"]["openAPIV3Schema"],
         short_names=tuple(spec["names"].get("shortNames", ())),
     )
+
+
+def rayjob_crd() -> dict[str, Any]:
+    """KubeRay's RayJob CRD, as far as the operator reads it (the fields of its spec and cluster
+    spec): the ones egt's RayJob schema lists, which follow the KubeRay version it names."""
+    schema = json.loads((Path(egt_operator.__file__).parent / "schemas" / "rayjob-v1.json").read_text())
+    spec = schema["properties"]["spec"]["properties"]
+    cluster = spec["rayClusterSpec"]["properties"]
+    fields = {
+        **{key: {"type": "object", "x-kubernetes-preserve-unknown-fields": True} for key in spec},
+        "rayClusterSpec": {"type": "object", "properties": {key: {"type": "object"} for key in cluster}},
+    }
+    root = {"type": "object", "properties": {"spec": {"type": "object", "properties": fields}}}
+    return {
+        "metadata": {"name": "rayjobs.ray.io"},
+        "spec": {
+            "group": "ray.io",
+            "names": {"kind": "RayJob", "plural": "rayjobs", "singular": "rayjob"},
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
 
 
 EGTRUN = _egtrun()
@@ -412,6 +442,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             )
         self._seed(NAMESPACES, {"metadata": {"name": NAMESPACE}, "spec": {"finalizers": ["kubernetes"]}})
         self._seed(CRDS, crd())
+        self._seed(CRDS, rayjob_crd())
 
     def _seed(self, kind: Kind, obj: dict[str, Any]) -> None:
         obj = {"apiVersion": kind.api_version, "kind": kind.kind, **copy.deepcopy(obj)}

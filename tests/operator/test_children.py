@@ -29,9 +29,12 @@ from egt_operator.children import (
     Run,
     child_name,
     config_map,
+    kuberay_gaps,
     render,
     run_from_resource,
 )
+from egt_operator.reconcile import reconcile
+from tests.fixtures.pss import restricted_violations
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = "1.33"
@@ -39,6 +42,11 @@ RAYJOB_SCHEMA = json.loads((Path(egt_operator.__file__).parent / "schemas" / "ra
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 UID = "6f1c1e52-3d2c-4d7e-9a57-0c1d2e3f4a5b"
 SPEC_MOUNT = {"name": "spec", "mountPath": "/etc/egt", "readOnly": True}
+NOW = "2026-12-05T00:00:00Z"
+SUCCEEDED = {
+    "Job": {"conditions": [{"type": "Complete", "status": "True"}]},
+    "RayJob": {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"},
+}
 
 
 def example_spec(name: str) -> EGTRunSpec:
@@ -69,7 +77,25 @@ def run(request) -> Run:
 
 
 def everything(run: Run) -> list[dict[str, Any]]:
-    return [obj for stage in STAGES for obj in render(run, stage)]
+    """Every child exactly as the operator creates it (stamped, annotated): reconcile passes over a
+    run whose children all succeed."""
+    body = {
+        "apiVersion": API_VERSION,
+        "kind": "EGTRun",
+        "metadata": {"name": run.name, "namespace": run.namespace, "uid": run.uid, "generation": 1},
+        "spec": run.spec.model_dump(mode="json"),
+    }
+    children: dict[str, dict] = {}
+    created = []
+    for _ in range(len(STAGES) + 1):  # the last pass sees evaluate succeed
+        plan = reconcile(body, children, lambda *_: None, NOW, lambda run, stage: (f"id-{stage}", None))
+        created += plan.create
+        for obj in plan.create:
+            if obj["kind"] in ("Job", "RayJob"):
+                children[obj["metadata"]["name"]] = {**obj, "status": SUCCEEDED[obj["kind"]]}
+        body["status"] = plan.status
+    assert body["status"]["message"] == "done"
+    return created
 
 
 def only(objects: list[dict], kind: str) -> dict:
@@ -116,8 +142,8 @@ def test_the_validators_reject_unknown_fields():
     with pytest.raises(kubernetes_validate.ValidationError, match="gpus"):
         kubernetes_validate.validate(job, KUBERNETES, strict=True)
     rayjob = only(render(run, "rl"), "RayJob")
-    rayjob["spec"]["submitterConfig"] = {"backoffLimit": 2}
-    with pytest.raises(jsonschema.ValidationError, match="submitterConfig"):
+    rayjob["spec"]["clusterSelector"] = {"ray.io/cluster": "shared"}
+    with pytest.raises(jsonschema.ValidationError, match="clusterSelector"):
         jsonschema.validate(rayjob, RAYJOB_SCHEMA)
 
 
@@ -307,6 +333,20 @@ def test_pods_are_non_root_and_never_restarted(run):
                 assert container["image"] == run.spec.cluster.image
 
 
+def test_every_pod_passes_the_restricted_pod_security_standard(run):
+    # The RayJob's submitter included: KubeRay's SidecarMode injected one without a securityContext,
+    # which a restricted namespace refuses (issue 12, defect 3); egt now supplies its own template.
+    rayjob = only(render(run, "rl"), "RayJob")
+    assert rayjob["spec"]["submissionMode"] == "K8sJobMode"
+    assert rayjob["spec"]["submitterConfig"] == {"backoffLimit": 0}  # a second submission would collide
+    submitter = rayjob["spec"]["submitterPodTemplate"]["spec"]
+    assert "command" not in submitter["containers"][0]  # KubeRay writes `ray job submit`
+    templates = [t for obj in everything(run) for t in pod_templates(obj)]
+    templates.append(rayjob["spec"]["submitterPodTemplate"])
+    for template in templates:
+        assert restricted_violations(template["spec"]) == []
+
+
 def test_one_pod_stages_run_their_entrypoints(run):
     for stage in ("prepare", "annotate", "curate", "evaluate"):
         job = only(render(run, stage), "Job")
@@ -373,14 +413,12 @@ def test_rl_rayjob():
     rayjob = only(render(run, "rl"), "RayJob")
     spec = rayjob["spec"]
     assert spec["entrypoint"] == f"python -m jobs.rl --spec {SPEC_PATH}"
-    assert spec["submissionMode"] == "SidecarMode" and spec["backoffLimit"] == 0
+    assert spec["backoffLimit"] == 0 and spec["preRunningDeadlineSeconds"] == 1800
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
     head = spec["rayClusterSpec"]["headGroupSpec"]
     [workers] = spec["rayClusterSpec"]["workerGroupSpecs"]
-    # KubeRay rejects SidecarMode with a head restartPolicy other than Never, or a submitter config
     assert head["template"]["spec"]["restartPolicy"] == "Never"
-    assert "submitterConfig" not in spec and "submitterPodTemplate" not in spec
-    assert head["rayStartParams"] == {"num-cpus": "0"}
+    assert head["rayStartParams"] == {"num-cpus": "0", "num-gpus": "0"}  # no actor beside the driver
     [head_container] = head["template"]["spec"]["containers"]
     assert "nvidia.com/gpu" not in head_container["resources"]["limits"]
     assert "command" not in head_container  # KubeRay writes `ray start`
@@ -390,6 +428,19 @@ def test_rl_rayjob():
     assert workers["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H20"}
     # the driver runs on the head: the run file is mounted there
     assert SPEC_MOUNT in head_container["volumeMounts"]
+
+
+def test_kuberay_gaps_name_what_the_installed_crd_lacks():
+    from tests.operator.cluster import rayjob_crd
+
+    rayjob = only(render(RUNS["tiny"](), "rl"), "RayJob")
+    installed = rayjob_crd()
+    assert kuberay_gaps(rayjob, installed) is None
+    assert "not installed" in kuberay_gaps(rayjob, None)
+    spec = installed["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    del spec["submitterConfig"], spec["rayClusterSpec"]["properties"]["rayVersion"]
+    gaps = kuberay_gaps(rayjob, installed)
+    assert "has no spec.submitterConfig, spec.rayClusterSpec.rayVersion: KubeRay >= 1.6" in gaps
 
 
 def test_ray_version_is_the_pinned_ray():

@@ -173,6 +173,27 @@ def test_a_child_the_api_server_refuses_fails_its_stage_with_the_servers_message
     wait_for(lambda: stage_state(kube_client, "tiny-demo", "prepare") == "Running", timeout=15)
 
 
+def test_an_rl_stage_on_a_kuberay_too_old_for_its_rayjob_fails_saying_so(
+    kube_client, kubelet, operator, tmp_path
+) -> None:
+    # KubeRay before 1.6 has no preRunningDeadlineSeconds: the API server would prune it silently.
+    crds = k8s.ApiextensionsV1Api(kube_client)
+    old = crds.read_custom_resource_definition("rayjobs.ray.io")
+    old.spec.versions[0].schema.open_apiv3_schema.properties["spec"].properties.pop(
+        "preRunningDeadlineSeconds"
+    )
+    crds.replace_custom_resource_definition("rayjobs.ray.io", old)
+    create_run(kube_client, run_document(tmp_path))
+    for stage in STAGES[: STAGES.index("rl")]:
+        child(kubelet, "tiny-demo", stage)
+        finish(kubelet, "tiny-demo", stage)
+    wait_for(lambda: stage_state(kube_client, "tiny-demo", "rl") == "Failed", timeout=15)
+    message = get_run(kube_client, "tiny-demo")["status"]["stages"]["rl"]["message"]
+    assert message.startswith("ClusterUnsupported: the installed KubeRay's RayJob CRD has no ")
+    assert "spec.preRunningDeadlineSeconds: KubeRay >= 1.6 is needed" in message
+    assert kubelet.list("RayJob") == []
+
+
 def test_deleting_a_run_deletes_its_children(kube_client, kubelet, operator, tmp_path) -> None:
     create_run(kube_client, run_document(tmp_path))
     child(kubelet, "tiny-demo", "prepare")

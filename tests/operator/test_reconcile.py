@@ -190,6 +190,29 @@ def test_child_phases():
     assert child_phase({"kind": "RayJob", "status": {"jobDeploymentStatus": "Running"}})[0] == "Running"
     stopped = {"kind": "RayJob", "status": {"jobDeploymentStatus": "Complete", "jobStatus": "STOPPED"}}
     assert child_phase(stopped)[:2] == ("Failed", "RayJobStopped")
+    # KubeRay >= 1.5 never leaves ValidationFailed: it must not read as running (issue 12, defect 4)
+    invalid = {
+        "kind": "RayJob",
+        "status": {
+            "jobDeploymentStatus": "ValidationFailed",
+            "reason": "ValidationFailed",
+            "message": "The RayJob spec is invalid: activeDeadlineSeconds must be a positive integer",
+        },
+    }
+    assert child_phase(invalid) == (
+        "Failed",
+        "ValidationFailed",
+        "The RayJob spec is invalid: activeDeadlineSeconds must be a positive integer",
+    )
+    late = {
+        "kind": "RayJob",
+        "status": {
+            "jobDeploymentStatus": "Failed",
+            "reason": "PreRunningDeadlineExceeded",
+            "message": "RayJob did not reach Running within 1800 seconds",
+        },
+    }
+    assert child_phase(late)[:2] == ("Failed", "PreRunningDeadlineExceeded")
 
 
 def test_the_operator_imports_no_engine():
