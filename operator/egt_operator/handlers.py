@@ -203,6 +203,20 @@ def _rayjob_crd() -> Any:
     return found
 
 
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``: a key ``new`` no longer has
+    is sent as null, or the API server would keep it (a retried stage would still show the failed
+    attempt's endTime and message, and artifact maps would only grow)."""
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(old.get(key), Mapping):
+            if value != old[key]:
+                patch[key] = merge_patch(old[key], value)
+        elif old.get(key, _UNKNOWN) != value:
+            patch[key] = value
+    return patch
+
+
 def _latest(key: str, body: Mapping[str, Any]) -> dict[str, Any]:
     """The run as kopf last saw it, with the status this operator wrote last where kopf's copy is
     older: no API request.
@@ -267,7 +281,7 @@ def _apply(run: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
     if plan.status != (run.get("status") or {}):
         written = {**plan.status, "sequence": _sequence(run.get("status")) + 1}
         client.CustomObjectsApi().patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": written}
+            GROUP, VERSION, namespace, PLURAL, name, {"status": merge_patch(run.get("status") or {}, written)}
         )
     for kind, reason, message in plan.events:
         kopf.event(run, type=kind, reason=reason, message=message)

@@ -142,6 +142,12 @@ def test_a_failed_stage_fails_the_run_and_a_retry_resumes_it(
     wait_for(lambda: stage_state(kube_client, "tiny-demo", "prepare") == "Running", timeout=15)
     retried = child(kubelet, "tiny-demo", "prepare")
     assert "conditions" not in (retried.get("status") or {})  # a new Job, not the failed one
+    # nothing of the failed attempt is left in the stage's status
+    assert set(get_run(kube_client, "tiny-demo")["status"]["stages"]["prepare"]) == {
+        "state",
+        "startTime",
+        "child",
+    }
     kubelet.complete_job("tiny-demo-prepare")
     wait_for(lambda: stage_state(kube_client, "tiny-demo", "annotate") == "Running", timeout=15)
     assert condition(kube_client, "tiny-demo")["status"] == "Unknown"

@@ -349,3 +349,30 @@ def test_an_edit_to_the_running_stages_settings_replaces_it_but_not_while_suspen
     assert [o["metadata"]["name"] for o in plan.delete] == ["tiny-demo-sft"]
     cluster.step()
     assert cluster.created.count("tiny-demo-sft") == 2 and cluster.state("sft") == "Running"
+
+
+def test_status_patches_clear_what_no_longer_holds():
+    # Custom objects take JSON merge patches: a key left out is kept (issue 12, defect 5).
+    from egt_operator.handlers import merge_patch
+    from tests.operator.cluster import merge_patch as apply
+
+    failed = {
+        "message": "prepare failed",
+        "stages": {
+            "prepare": {"state": "Failed", "startTime": "t0", "endTime": "t1", "message": "OOMKilled"},
+            "sft": {"state": "Succeeded", "artifacts": {"model": "a", "old": "b"}},
+        },
+    }
+    retried = {
+        "message": "prepare: running",
+        "stages": {
+            "prepare": {"state": "Running", "startTime": "t2", "child": "c"},
+            "sft": {"state": "Succeeded", "artifacts": {"model": "a"}},
+        },
+    }
+    patch = merge_patch(failed, retried)
+    assert patch["stages"]["prepare"]["endTime"] is None and patch["stages"]["sft"] == {
+        "artifacts": {"old": None}
+    }
+    assert apply(failed, patch) == retried
+    assert merge_patch(retried, retried) == {}
