@@ -3,26 +3,26 @@
 Run with ``kopf run -m egt_operator.handlers --all-namespaces`` (the chart's Deployment does; one
 replica, see docs/operator.md). Every EGTRun is reconciled when it is created, changed or found at
 start-up (resume after an operator restart), whenever one of its children changes, and every
-``EGT_RECONCILE_SECONDS`` (default 30) as a safety net. The run and its children are read from
-kopf's in-memory indexes (the EGTRuns, and the Jobs and RayJobs labelled ``egt.dev/run``, kept
-current by watch streams), so a pass makes no API request unless something changed: then it creates
-or deletes children, patches the run's status and posts Events. Passes over one run never overlap
-(a lock per run).
+``EGT_RECONCILE_SECONDS`` (default 30) as a safety net (one operator-wide task). The run and its
+children are read from kopf's in-memory indexes (the EGTRuns, and the Jobs and RayJobs labelled
+``egt.dev/run``, kept current by watch streams), so a pass makes no API request unless something
+changed: then it creates or deletes children, patches the run's status and posts Events. Passes
+over one run never overlap (a lock per run).
 
-Kubernetes garbage collection deletes children through their ownerReferences; the delete handler
-also deletes them itself, so a run's children are gone when it is (even where no garbage collector
-runs, as in the API emulator the tests use).
+Runs carry no finalizer: deleting one never waits for the operator, and Kubernetes' garbage
+collector deletes its children through their ownerReferences.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 INTERVAL = float(os.environ.get("EGT_RECONCILE_SECONDS", "30"))
 CRD_READ_SECONDS = 60.0
 _locks: dict[str, threading.Lock] = {}
+_following: list[asyncio.Task] = []  # the safety-net task (follow_runs)
 _written: dict[str, dict[str, Any]] = {}  # per run, the status it wrote last: see _latest
 _locks_guard = threading.Lock()
 _claims = Claims()  # which run computes which stage identity (egt_operator.sharing)
@@ -118,12 +119,51 @@ def run_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict:
 @kopf.on.create(GROUP, VERSION, PLURAL, id="on-create")
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="on-resume")
 @kopf.on.update(GROUP, VERSION, PLURAL, id="on-update")
-@kopf.timer(GROUP, VERSION, PLURAL, id="follow", interval=INTERVAL, initial_delay=INTERVAL)
 def drive(
     body: kopf.Body, name: str, namespace: str, job_index: kopf.Index, rayjob_index: kopf.Index, **_: Any
 ) -> None:
-    """A pass when the run is created, changed or found at start-up, and every INTERVAL seconds."""
+    """A pass when the run is created, changed or found at start-up."""
     reconcile_run(namespace, name, body, job_index, rayjob_index)
+
+
+@kopf.on.startup()
+async def follow_runs(
+    run_index: kopf.Index, job_index: kopf.Index, rayjob_index: kopf.Index, **_: Any
+) -> None:
+    """A pass over every run every INTERVAL seconds, the safety net for a missed event.
+
+    One operator-wide task, not kopf's per-object timer: a timer puts kopf's finalizer on every run,
+    and deleting a run (or its namespace) then hangs whenever the operator is not running. Without a
+    finalizer the run goes at once and Kubernetes' garbage collector takes its children (their
+    ownerReferences), operator or not.
+    """
+
+    async def follow() -> None:
+        while True:
+            await asyncio.sleep(INTERVAL)
+            runs = [(key, body) for key, bodies in list(run_index.items()) for body in list(bodies)]
+            for (namespace, name), body in runs:
+                try:
+                    await asyncio.to_thread(reconcile_run, namespace, name, body, job_index, rayjob_index)
+                except Exception:  # the next round tries again; one run's trouble stops no other
+                    log.exception("%s/%s: reconcile pass failed", namespace, name)
+
+    _following.append(asyncio.create_task(follow()))
+
+
+@kopf.on.cleanup()
+async def stop_following(**_: Any) -> None:
+    for task in _following:
+        task.cancel()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def forget_deleted(type: str, namespace: str, name: str, **_: Any) -> None:
+    """A run gone from the cluster: its metrics, lock and remembered status go too."""
+    if type == "DELETED":
+        metrics.forget(namespace, name)
+        _locks.pop(f"{namespace}/{name}", None)
+        _written.pop(f"{namespace}/{name}", None)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT})
@@ -236,22 +276,6 @@ def _sequence(status: Mapping[str, Any] | None) -> int:
     return int((status or {}).get("sequence", 0))
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
-def delete_children(name: str, namespace: str, **_: Any) -> None:
-    """Delete the run's Jobs, RayJob, Service and ConfigMaps (and, with them, their pods)."""
-    with _lock(namespace, name):  # no pass creates a child while they are being deleted
-        for kind, items in _labelled(namespace, name):
-            for item in items:
-                _delete(
-                    kind,
-                    item.metadata.name if hasattr(item, "metadata") else item["metadata"]["name"],
-                    namespace,
-                )
-    metrics.forget(namespace, name)
-    _locks.pop(f"{namespace}/{name}", None)
-    _written.pop(f"{namespace}/{name}", None)
-
-
 def _lock(namespace: str, name: str) -> threading.Lock:
     with _locks_guard:
         return _locks.setdefault(f"{namespace}/{name}", threading.Lock())
@@ -345,25 +369,3 @@ def _delete(kind: str, name: str, namespace: str) -> None:
     except ApiException as error:
         if error.status != 404:
             raise
-
-
-def _labelled(namespace: str, run: str) -> Iterable[tuple[str, list]]:
-    """The run's children of every kind, by their run label (filtered here too: not every API
-    server the operator meets enforces label selectors)."""
-    selector = f"{RUN_LABEL}={run}"
-
-    def mine(items: list) -> list:
-        return [i for i in items if (_labels(i) or {}).get(RUN_LABEL) == run]
-
-    core, batch = client.CoreV1Api(), client.BatchV1Api()
-    yield "Job", mine(batch.list_namespaced_job(namespace, label_selector=selector).items)
-    yield "Service", mine(core.list_namespaced_service(namespace, label_selector=selector).items)
-    yield "ConfigMap", mine(core.list_namespaced_config_map(namespace, label_selector=selector).items)
-    rayjobs = client.CustomObjectsApi().list_namespaced_custom_object(
-        "ray.io", "v1", namespace, "rayjobs", label_selector=selector
-    )
-    yield "RayJob", mine(rayjobs.get("items", []))
-
-
-def _labels(item: Any) -> Mapping[str, str] | None:
-    return item.metadata.labels if hasattr(item, "metadata") else item.get("metadata", {}).get("labels")

@@ -13,8 +13,8 @@ object store with history, Status error bodies. It leaves out what an operator l
   refuse it with 415, as the real server does), JSON patches (a failed ``test`` is a 422, which
   kopf's optimistic patches rely on), PUT, and ``resourceVersion`` preconditions (409);
 * deletion with finalizers: ``deletionTimestamp`` is set and the object stays until an update
-  removes the last finalizer; no garbage collection by ownerReferences (the operator deletes
-  children itself);
+  removes the last finalizer; garbage collection by ownerReferences (background propagation: an
+  object whose owner is gone is deleted);
 * EGTRun admission from the CRD's openAPIV3Schema (``egt_operator.crd``): unknown fields are pruned,
   or refused with 400 under ``fieldValidation=Strict`` (what kubectl sends); nulls are pruned,
   defaults applied, and what is left validated with jsonschema, refused with 422 and a Status whose
@@ -568,7 +568,27 @@ class KubeEmulator(kmock.KubernetesEmulator):
         async with self._changed:
             self._log.append((self._revision, kind, {"type": event, "object": obj}))
             self._changed.notify_all()
+        if event == "DELETED":
+            await self._collect_garbage(meta["uid"])
         return copy.deepcopy(obj)
+
+    async def _collect_garbage(self, owner: str) -> None:
+        """Kubernetes' garbage collector (background propagation): objects owned by a deleted object
+        go too, those with finalizers once their finalizers are removed."""
+        kinds = {kind.resource: kind for kind in self.kinds}
+        for key, stored in list(self.objects.items()):
+            if stored.deleted or key[0] not in kinds:
+                continue
+            dependent = copy.deepcopy(stored.raw)
+            meta = dependent["metadata"]
+            if not any(ref.get("uid") == owner for ref in meta.get("ownerReferences") or []):
+                continue
+            if meta.get("finalizers"):
+                if not meta.get("deletionTimestamp"):
+                    meta.update(deletionTimestamp=_now(), deletionGracePeriodSeconds=0)
+                    await self._commit(kinds[key[0]], dependent, "MODIFIED")
+            else:
+                await self._commit(kinds[key[0]], dependent, "DELETED")
 
     async def _serve_create(self, request: kmock.Request) -> kmock.Response:
         kind = self._kind(request)
