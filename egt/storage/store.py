@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -247,6 +248,46 @@ class FileStore(ArtifactStore):
         return f"sha256:{sha.hexdigest()}"
 
 
+_clients: dict[tuple, Any] = {}
+_clients_lock = threading.Lock()
+_ENVIRONMENT = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+)
+
+
+def _s3_client(endpoint_url: str | None, region: str | None) -> Any:
+    """An S3 client for this endpoint and region and the credentials now in the environment.
+
+    Made once per such combination and shared: a client takes ~0.1 s and several MiB to make and is
+    thread-safe, and the operator asks the store about every stage of every run. Each is made from a
+    session of its own, so credentials are those of the environment at the time (the default
+    session caches the first ones it found); a change of environment gives a new client.
+    """
+    environment = hashlib.sha256("\0".join(os.environ.get(name, "") for name in _ENVIRONMENT).encode())
+    key = (os.getpid(), endpoint_url, region, environment.hexdigest())  # a forked process makes its own
+    with _clients_lock:
+        if key not in _clients:
+            custom_endpoint = (
+                endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            )
+            config = Config(
+                # S3-compatible servers in a cluster are addressed by service name: no bucket subdomains.
+                s3={"addressing_style": "path"} if custom_endpoint else None,
+                retries={"mode": "standard", "max_attempts": 5},
+                connect_timeout=10,
+                read_timeout=120,
+            )
+            session = boto3.session.Session()
+            _clients[key] = session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        return _clients[key]
+
+
 class S3Store(ArtifactStore):
     """An S3 (or S3-compatible: SeaweedFS, MinIO, Ceph) bucket, optionally under a key prefix."""
 
@@ -256,20 +297,7 @@ class S3Store(ArtifactStore):
         self.bucket = bucket
         self.prefix = check_prefix(prefix)
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-        custom_endpoint = (
-            endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        )
-        config = Config(
-            # S3-compatible servers in a cluster are addressed by service name: no bucket subdomains.
-            s3={"addressing_style": "path"} if custom_endpoint else None,
-            retries={"mode": "standard", "max_attempts": 5},
-            connect_timeout=10,
-            read_timeout=120,
-        )
-        # A session of its own: credentials are resolved now, from the current environment (the default
-        # session caches the first ones it found), and boto3 sessions must not be shared across threads.
-        session = boto3.session.Session()
-        self._s3 = session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        self._s3 = _s3_client(endpoint_url, region)
 
     def _key(self, key: str) -> str:
         """The bucket-level object key of a store key (or prefix)."""

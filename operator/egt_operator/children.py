@@ -32,7 +32,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from egt.engines.distributed import DEFAULT_PORT, torchrun_command
-from egt.spec import API_VERSION, KIND, STAGES, EGTRun, EGTRunSpec, StageResources, dump_run, parse_run
+from egt.spec import (
+    API_VERSION,
+    KIND,
+    STAGES,
+    EGTRun,
+    EGTRunSpec,
+    SpecError,
+    StageResources,
+    dump_run,
+    parse_run,
+)
 
 SPEC_DIR = "/etc/egt"
 SPEC_PATH = f"{SPEC_DIR}/run.yaml"
@@ -53,10 +63,6 @@ RAY_CLUSTER_TTL_SECONDS = 300
 RAY_HEAD = StageResources()
 # The RayJob's submitter pod only runs `ray job submit` and follows the job's logs.
 RAY_SUBMITTER = StageResources(cpu="500m", memory="1Gi")
-
-
-class RenderError(ValueError):
-    """A run that cannot run on a cluster as specified (the message says which field to set)."""
 
 
 @dataclass(frozen=True)
@@ -81,8 +87,36 @@ def run_from_resource(body: Mapping[str, Any]) -> Run:
         "metadata": {"name": meta["name"]},
         "spec": body.get("spec"),
     }
-    parsed = parse_run(document, f"EGTRun {meta['namespace']}/{meta['name']}")
+    source = f"EGTRun {meta['namespace']}/{meta['name']}"
+    parsed = parse_run(document, source)
+    check_cluster_run(parsed.spec, source)
     return Run(meta["name"], meta["namespace"], meta["uid"], parsed.spec)
+
+
+def check_cluster_run(spec: EGTRunSpec, source: str) -> None:
+    """Raise :class:`egt.spec.SpecError` naming what a run needs on a cluster but not locally.
+
+    The store must be S3: every stage pod has a filesystem of its own, so a path would leave each
+    stage's outputs in a container that is gone when the next stage looks for them. An API key
+    reaches pods only from a Secret: the teacher's (annotate) and the referee's (rl), when they are
+    OpenAI-compatible endpoints, need ``cluster.teacher_secret``.
+    """
+    problems = []
+    if not spec.store.uri.startswith("s3://"):
+        problems.append(
+            f"spec.store.uri: {spec.store.uri!r} is a path on one machine; on a cluster every stage pod "
+            "has its own filesystem and would lose its outputs: use s3://bucket/prefix (with "
+            "cluster.s3_secret)"
+        )
+    endpoints = {"annotate.teacher": spec.annotate.teacher, "rl.referee": spec.rl.referee}
+    for where, endpoint in endpoints.items():
+        if endpoint.kind == "openai" and not spec.cluster.teacher_secret:
+            problems.append(
+                f"spec.{where} calls an OpenAI-compatible endpoint whose key ({endpoint.api_key_env}) "
+                "reaches pods only from a Secret: set spec.cluster.teacher_secret"
+            )
+    if problems:
+        raise SpecError(f"{source} cannot run on a cluster:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def render(run: Run, stage: str) -> list[dict[str, Any]]:
@@ -186,12 +220,7 @@ def _env(run: Run, stage: str) -> list[dict[str, Any]]:
             _secret_env(key, cluster.s3_secret, key) for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
         ]
     endpoint = {"annotate": run.spec.annotate.teacher, "rl": run.spec.rl.referee}.get(stage)
-    if endpoint is not None and endpoint.kind == "openai":
-        if not cluster.teacher_secret:
-            raise RenderError(
-                f"{stage} calls an OpenAI-compatible endpoint whose key ({endpoint.api_key_env}) reaches "
-                "pods only from a Secret: set cluster.teacher_secret"
-            )
+    if endpoint is not None and endpoint.kind == "openai":  # the Secret's presence: check_cluster_run
         env.append(_secret_env(endpoint.api_key_env, cluster.teacher_secret, endpoint.api_key_env))
     return env + [{"name": name, "value": value} for name, value in sorted(cluster.env.items())]
 

@@ -215,6 +215,18 @@ def open_api_schema() -> dict[str, Any]:
     """The openAPIV3Schema of an EGTRun: spec from egt/spec.py, the status the operator writes."""
     run = EGTRun.model_json_schema()
     fields = run["properties"]
+    spec = structural({**fields["spec"], "$defs": run["$defs"]})
+    # A cluster run's pods share nothing but the store (egt_operator.children.check_cluster_run).
+    store = spec["properties"]["store"]
+    store["properties"]["uri"].pop("default")  # the local default, a path, is no store for a cluster
+    store["properties"]["uri"].update(
+        pattern="^s3://",
+        description="Artifact root, s3://bucket/prefix on a cluster (pods share no filesystem). "
+        "A run writes <uri>/<run>/<stage>/…",
+    )
+    store.pop("default", None)
+    store["required"] = ["uri"]
+    spec["required"] = [*spec.get("required", []), "store"]
     return {
         "type": "object",
         "description": run["description"],
@@ -228,7 +240,7 @@ def open_api_schema() -> dict[str, Any]:
                 "type": "object",
                 "properties": {"name": {"type": "string", "maxLength": 63, "pattern": _DNS_LABEL.pattern}},
             },
-            "spec": structural({**fields["spec"], "$defs": run["$defs"]}),
+            "spec": spec,
             "status": status_schema(),
         },
     }

@@ -308,9 +308,39 @@ def _apply(run: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
             GROUP, VERSION, namespace, PLURAL, name, {"status": merge_patch(run.get("status") or {}, written)}
         )
     for kind, reason, message in plan.events:
-        kopf.event(run, type=kind, reason=reason, message=message)
+        _post_event(run, kind, reason, message)
         (log.warning if kind == "Warning" else log.info)("%s/%s %s: %s", namespace, name, reason, message)
     return written
+
+
+def _post_event(run: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+    """A core/v1 Event on the run (what `kubectl describe egtr` shows). Posted directly, not with
+    kopf.event, which works only inside kopf's own handler context (not in the follow task); an
+    Event that cannot be posted is logged and dropped, never a reason to redo the pass."""
+    meta = run["metadata"]
+    now = datetime.now(UTC)
+    event = {
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "EGTRun",
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "type": kind,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": "egt-operator"},
+        "reportingComponent": "egt-operator",
+        "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "count": 1,
+    }
+    try:
+        client.CoreV1Api().create_namespaced_event(meta["namespace"], event)
+    except ApiException as error:
+        log.warning("could not post the %s Event on %s: %s", reason, meta["name"], error.reason)
 
 
 # ---- Kubernetes objects by kind -----------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 import yaml
 
 from egt.spec import STAGES, EGTRun, SpecError, dump_run, parse_run
+from egt_operator.children import check_cluster_run
 from egt_operator.crd import GROUP, PLURAL, VERSION
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT = 0, 1, 2, 3
@@ -54,6 +55,7 @@ def submit(
         document.setdefault("metadata", {})["name"] = name
     try:
         run = parse_run(document, str(path))  # exactly what is sent
+        check_cluster_run(run.spec, str(path))
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_INVALID
@@ -111,6 +113,12 @@ def submit_sweep(
     identity is waited for, then reused), so SFT and probing run once for the sweep. The exit code
     is the worst of the arms': 0 all succeeded, 1 one failed, 3 timed out.
     """
+    try:
+        for run in runs.values():
+            check_cluster_run(run.spec, f"arm run {run.name}")
+    except SpecError as error:
+        print(error, file=sys.stderr)
+        return EXIT_INVALID
     api, namespace = kube_client(namespace)
     generations = {}
     for run in runs.values():

@@ -25,7 +25,6 @@ from egt.spec import API_VERSION, STAGES, EGTRunSpec, SpecError, load_run, parse
 from egt_operator.children import (
     RAY_VERSION,
     SPEC_PATH,
-    RenderError,
     Run,
     child_name,
     config_map,
@@ -63,8 +62,15 @@ def multi_node() -> EGTRunSpec:
     return EGTRunSpec.model_validate(spec)
 
 
+def tiny_on_a_cluster() -> EGTRunSpec:
+    """The demo run with its store on S3, as a cluster needs (check_cluster_run)."""
+    spec = example_spec("egtrun-tiny.yaml").model_dump(mode="json")
+    spec["store"]["uri"] = "s3://egt-artifacts/runs"
+    return EGTRunSpec.model_validate(spec)
+
+
 RUNS = {
-    "tiny": lambda: Run("tiny-demo", "default", UID, example_spec("egtrun-tiny.yaml")),
+    "tiny": lambda: Run("tiny-demo", "default", UID, tiny_on_a_cluster()),
     "paper": lambda: Run("egt-qwen25vl-7b", "egt", UID, example_spec("egtrun.yaml")),
     # a 63-character name (the longest a run may have) that starts with a digit
     "multi-node": lambda: Run("7b-" + "x" * 58 + "-1", "egt", UID, multi_node()),
@@ -278,13 +284,19 @@ def test_credentials_come_from_the_named_secrets():
             assert not any("valueFrom" in item for item in container["env"])
 
 
-def test_an_openai_teacher_needs_the_teacher_secret():
-    spec = example_spec("egtrun.yaml").model_dump(mode="json")
-    spec["cluster"]["teacher_secret"] = None
-    run = Run("paper", "egt", UID, EGTRunSpec.model_validate(spec))
-    with pytest.raises(RenderError, match=r"cluster\.teacher_secret"):
-        render(run, "annotate")
-    render(run, "sft")  # stages that call no endpoint do not need it
+def test_a_cluster_run_needs_an_s3_store_and_a_secret_for_each_api_key():
+    body = yaml.safe_load((ROOT / "examples" / "egtrun.yaml").read_text())
+    body["metadata"] |= {"namespace": "egt", "uid": UID}
+    run_from_resource(body)
+    body["spec"]["cluster"]["teacher_secret"] = None
+    body["spec"]["store"]["uri"] = "runs"
+    # A local path leaves every stage's outputs in its own container (issue 12, defect 7).
+    with pytest.raises(SpecError) as refused:
+        run_from_resource(body)
+    message = str(refused.value)
+    assert "spec.store.uri: 'runs' is a path on one machine" in message
+    assert "spec.annotate.teacher calls an OpenAI-compatible endpoint" in message
+    assert "spec.rl.referee calls an OpenAI-compatible endpoint" in message
 
 
 # --- placement, resources, pods ----------------------------------------------------------------------------

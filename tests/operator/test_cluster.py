@@ -18,7 +18,11 @@ from tests.operator.cluster import Kubelet, OperatorProcess, wait_for
 
 ECHO = "tests.operator.echo_operator"
 NS = "default"
-SPEC = {"model": {"tiny": {}}, "data": {"synthetic": {}}}  # the smallest spec the CRD admits
+SPEC = {
+    "model": {"tiny": {}},
+    "data": {"synthetic": {}},
+    "store": {"uri": "s3://b/runs"},
+}  # the smallest the CRD admits
 StartOperator = Callable[..., OperatorProcess]
 
 

@@ -29,15 +29,15 @@ TINY = yaml.safe_load(Path("examples/egtrun-tiny.yaml").read_text())
 WATCHED = {"rl": "RayJob"}  # every other stage is watched as a Job
 
 
-def run_document(tmp_path: Path, name: str = "tiny-demo") -> dict:
+def run_document(store_uri: str, name: str = "tiny-demo") -> dict:
     document = copy.deepcopy(TINY)
     document["metadata"]["name"] = name
-    document["spec"]["store"]["uri"] = str(tmp_path / "store")
+    document["spec"]["store"]["uri"] = store_uri
     return document
 
 
 @pytest.fixture
-def operator(operator_process):
+def operator(operator_process, store_uri):  # the store's S3 credentials reach its environment
     env = {"EGT_RECONCILE_SECONDS": "0.3", "EGT_METRICS_PORT": str(free_ports()[0])}
     return operator_process("egt_operator.handlers", env)
 
@@ -86,8 +86,10 @@ def finish(kubelet: Kubelet, run: str, stage: str) -> None:
     (kubelet.complete_rayjob if stage == "rl" else kubelet.complete_job)(name)
 
 
-def test_a_whole_run_with_a_restart_in_every_stage(kube_client, kubelet, operator, tmp_path: Path) -> None:
-    document = run_document(tmp_path)
+def test_a_whole_run_with_a_restart_in_every_stage(
+    store_uri, kube_client, kubelet, operator, tmp_path: Path
+) -> None:
+    document = run_document(store_uri)
     # prepare's outputs are already in the store for this spec: the operator skips it.
     run_local(parse_run(document), tmp_path / "work", stop="prepare", progress=False, echo=lambda *_: None)
     create_run(kube_client, document)
@@ -120,9 +122,9 @@ def test_a_whole_run_with_a_restart_in_every_stage(kube_client, kubelet, operato
 
 
 def test_a_failed_stage_fails_the_run_and_a_retry_resumes_it(
-    kube_client, kubelet, operator, kube_env, tmp_path
+    store_uri, kube_client, kubelet, operator, kube_env, tmp_path
 ) -> None:
-    create_run(kube_client, run_document(tmp_path))
+    create_run(kube_client, run_document(store_uri))
     child(kubelet, "tiny-demo", "prepare")
     kubelet.fail_job(
         "tiny-demo-prepare", reason="DeadlineExceeded", message="Job was active longer than allowed"
@@ -154,14 +156,14 @@ def test_a_failed_stage_fails_the_run_and_a_retry_resumes_it(
 
 
 def test_a_child_the_api_server_refuses_fails_its_stage_with_the_servers_message(
-    kube, kube_client, kubelet, operator, tmp_path
+    store_uri, kube, kube_client, kubelet, operator, tmp_path
 ) -> None:
     quota = (
         'jobs.batch "tiny-demo-prepare" is forbidden: exceeded quota: gpu-quota, requested: '
         "requests.memory=8Gi, used: requests.memory=60Gi, limited: requests.memory=64Gi"
     )
     kube.emulator.refusals["tiny-demo-prepare"] = (403, "Forbidden", quota)
-    create_run(kube_client, run_document(tmp_path))
+    create_run(kube_client, run_document(store_uri))
     wait_for(lambda: condition(kube_client, "tiny-demo").get("status") == "False", timeout=15)
     stage = get_run(kube_client, "tiny-demo")["status"]["stages"]["prepare"]
     assert stage["state"] == "Failed"
@@ -180,7 +182,7 @@ def test_a_child_the_api_server_refuses_fails_its_stage_with_the_servers_message
 
 
 def test_an_rl_stage_on_a_kuberay_too_old_for_its_rayjob_fails_saying_so(
-    kube_client, kubelet, operator, tmp_path
+    store_uri, kube_client, kubelet, operator, tmp_path
 ) -> None:
     # KubeRay before 1.6 has no preRunningDeadlineSeconds: the API server would prune it silently.
     crds = k8s.ApiextensionsV1Api(kube_client)
@@ -189,7 +191,7 @@ def test_an_rl_stage_on_a_kuberay_too_old_for_its_rayjob_fails_saying_so(
         "preRunningDeadlineSeconds"
     )
     crds.replace_custom_resource_definition("rayjobs.ray.io", old)
-    create_run(kube_client, run_document(tmp_path))
+    create_run(kube_client, run_document(store_uri))
     for stage in STAGES[: STAGES.index("rl")]:
         child(kubelet, "tiny-demo", stage)
         finish(kubelet, "tiny-demo", stage)
@@ -201,11 +203,11 @@ def test_an_rl_stage_on_a_kuberay_too_old_for_its_rayjob_fails_saying_so(
 
 
 def test_a_run_is_deleted_with_its_children_even_without_the_operator(
-    kube_client, kubelet, operator, tmp_path
+    store_uri, kube_client, kubelet, operator, tmp_path
 ) -> None:
     # kopf's per-object timer put a finalizer on every run: with the operator scaled to 0 or
     # uninstalled, deleting a run or its namespace hung (issue 12, defect 6).
-    create_run(kube_client, run_document(tmp_path))
+    create_run(kube_client, run_document(store_uri))
     child(kubelet, "tiny-demo", "prepare")
     wait_for(lambda: stage_state(kube_client, "tiny-demo", "prepare") == "Running", timeout=15)
     assert kubelet.list("ConfigMap", run="tiny-demo")
@@ -217,8 +219,8 @@ def test_a_run_is_deleted_with_its_children_even_without_the_operator(
     assert kubelet.jobs(run="tiny-demo") == [] and kubelet.list("ConfigMap", run="tiny-demo") == []
 
 
-def test_an_invalid_run_is_rejected_with_its_field(kube_client, tmp_path) -> None:
-    document = run_document(tmp_path)
+def test_an_invalid_run_is_rejected_with_its_field(store_uri, kube_client, tmp_path) -> None:
+    document = run_document(store_uri)
     document["spec"]["curate"]["strategy"] = "lowest"
     with pytest.raises(k8s.ApiException) as rejected:
         create_run(kube_client, document)
@@ -246,9 +248,9 @@ def play_kubelet(kubelet: Kubelet, run: str, fail: str | None, stop: threading.E
 
 
 @pytest.mark.parametrize("fail", [None, "sft"])
-def test_egt_submit_waits_for_the_outcome(kubelet, operator, kube_env, tmp_path, fail) -> None:
+def test_egt_submit_waits_for_the_outcome(store_uri, kubelet, operator, kube_env, tmp_path, fail) -> None:
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(run_document(tmp_path, name="placeholder")))
+    path.write_text(yaml.safe_dump(run_document(store_uri, name="placeholder")))
     stop = threading.Event()
     player = threading.Thread(target=play_kubelet, args=(kubelet, "ci-1234", fail, stop), daemon=True)
     player.start()

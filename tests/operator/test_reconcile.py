@@ -17,6 +17,7 @@ from egt.spec import STAGES
 from egt_operator.reconcile import RETRY_ANNOTATION, SPEC_ANNOTATION, StoreVerdict, child_phase, reconcile
 
 TINY = yaml.safe_load(Path("examples/egtrun-tiny.yaml").read_text())
+TINY["spec"]["store"]["uri"] = "s3://egt-artifacts/runs"  # a cluster run's store (check_cluster_run)
 NOW = "2026-11-22T06:00:00Z"
 
 

@@ -37,14 +37,14 @@ ARMS = {"keep-60": 60, "keep-90": 90, "keep-120": 120}
 
 
 @pytest.fixture
-def operator(operator_process):
+def operator(operator_process, store_uri):  # the store's S3 credentials reach its environment
     env = {"EGT_RECONCILE_SECONDS": "0.3", "EGT_METRICS_PORT": str(free_ports()[0])}
     return operator_process("egt_operator.handlers", env)
 
 
-def write_sweep(tmp_path: Path) -> Path:
+def write_sweep(tmp_path: Path, store_uri: str) -> Path:
     base = copy.deepcopy(TINY)
-    base["spec"]["store"]["uri"] = str(tmp_path / "store")
+    base["spec"]["store"]["uri"] = store_uri
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     sweep = {
         "apiVersion": "egt.dev/v1alpha1",
@@ -97,9 +97,9 @@ def play(kubelet: Kubelet, runs: dict, stop: threading.Event, created: Counter) 
 
 
 def test_a_sweep_computes_each_shared_stage_once(
-    kubelet, operator, kube_client, kubeconfig, tmp_path
+    kubelet, operator, kube_client, kubeconfig, tmp_path, store_uri
 ) -> None:
-    path = write_sweep(tmp_path)
+    path = write_sweep(tmp_path, store_uri)
     _, runs = load_sweep(path)
     created: Counter = Counter()
     stop = threading.Event()
@@ -133,7 +133,7 @@ def test_a_sweep_computes_each_shared_stage_once(
         }
     # Each shared stage: computed by one run (whichever got there first), Skipped in the others,
     # which point at that run's outputs: referenced, not copied.
-    store = open_store(str(tmp_path / "store"))
+    store = open_store(store_uri)
     for stage in ("prepare", "annotate", "sft", "probe"):
         computed = [name for name, s in states.items() if s[stage] == "Succeeded"]
         assert len(computed) == 1 and sorted(s[stage] for s in states.values()) == [
