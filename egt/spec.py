@@ -21,6 +21,7 @@ API_VERSION = "egt.dev/v1alpha1"
 KIND = "EGTRun"
 STAGES = ("prepare", "annotate", "sft", "probe", "curate", "rl", "evaluate")
 StageName = Literal["prepare", "annotate", "sft", "probe", "curate", "rl", "evaluate"]
+SINGLE_POD_STAGES = ("prepare", "annotate", "curate", "evaluate")
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -532,6 +533,11 @@ class StageResources(Section):
     nodes: PositiveInt = Field(1, description="Pods (nodes) the stage spans.")
     gpus_per_node: int = Field(0, ge=0, description="nvidia.com/gpu per pod.")
     cpu: Quantity = Field("2", description="CPU request per pod (a Kubernetes quantity: 500m, 2, 64).")
+    scratch: Quantity = Field(
+        "100Gi",
+        description="Ephemeral storage per pod: the request and the size limit of /scratch (the model, "
+        "caches, checkpoints on their way to the store).",
+    )
     memory: Quantity = Field("8Gi", description="Memory request and limit per pod (a quantity: 16Gi).")
 
 
@@ -593,6 +599,20 @@ class ClusterSpec(Section):
         description="Longest a stage's Job or RayJob may run (activeDeadlineSeconds); past it the stage "
         "fails with DeadlineExceeded. Unset: no limit.",
     )
+    priority_class: str | None = Field(None, description="priorityClassName of every stage pod.")
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, description="Secrets to pull the trainer image with (imagePullSecrets)."
+    )
+    service_account: str | None = Field(
+        None,
+        description="serviceAccountName of stage pods (e.g. for IRSA / workload identity to reach S3); "
+        "its token is mounted only then. Unset: the namespace's default, no token.",
+    )
+    queue: LabelValue | None = Field(
+        None,
+        description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name on every Job and RayJob): Kueue then "
+        "admits a multi-node stage's pods all at once or not at all.",
+    )
     start_deadline_seconds: PositiveInt | None = Field(
         1800,
         description="Longest the RL stage's Ray cluster may take to start the job (the RayJob's "
@@ -603,6 +623,17 @@ class ClusterSpec(Section):
     def resources_for(self, stage: str) -> StageResources:
         """The stage's pod resources; the defaults where the stage is not listed."""
         return self.resources.get(stage) or StageResources()
+
+    @field_validator("resources")
+    @classmethod
+    def _one_pod_stages(cls, resources: dict[str, StageResources]) -> dict[str, StageResources]:
+        for stage in SINGLE_POD_STAGES:
+            if stage in resources and resources[stage].nodes != 1:
+                raise ValueError(
+                    f"cluster.resources.{stage}.nodes: {stage} runs in one pod; only sft, probe and rl "
+                    "spread over nodes"
+                )
+        return resources
 
     @field_validator("node_selector")
     @classmethod

@@ -487,6 +487,8 @@ def test_cluster_env_refuses_secrets():
         ({"tolerations": [{"operator": "Equal", "value": "x"}]}, "without a key needs operator Exists"),
         ({"tolerations": [{"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 5}]}, "NoExecute only"),
         ({"tolerations": [{"key": "gpu", "effect": "NoSchedul"}]}, "spec.cluster.tolerations.0.effect"),
+        ({"resources": {"evaluate": {"nodes": 2}}}, "evaluate runs in one pod"),  # not silently ignored
+        ({"queue": "team a"}, "spec.cluster.queue"),
     ],
 )
 def test_cluster_values_the_api_server_would_refuse_are_refused_here(cluster, named):

@@ -51,6 +51,7 @@ SCRATCH = "/scratch"
 MANAGED_BY = "egt-operator"
 RUN_LABEL = "egt.dev/run"
 STAGE_LABEL = "egt.dev/stage"
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 GPU = "nvidia.com/gpu"
 RUN_AS = 1000  # the non-root user of the trainer image (uid 1000, as in Ray's own images)
 # Ray inside the trainer image: the `ray` pin in pyproject.toml (a test keeps the two equal).
@@ -60,9 +61,9 @@ RAYJOB_NAME_LIMIT = 47
 # How long a finished RL Ray cluster stays for `kubectl logs` before KubeRay deletes it.
 RAY_CLUSTER_TTL_SECONDS = 300
 # The Ray head runs the driver, GCS and dashboard, no actors; the spec's per-pod defaults fit it.
-RAY_HEAD = StageResources()
+RAY_HEAD = StageResources(scratch="20Gi")
 # The RayJob's submitter pod only runs `ray job submit` and follows the job's logs.
-RAY_SUBMITTER = StageResources(cpu="500m", memory="1Gi")
+RAY_SUBMITTER = StageResources(cpu="500m", memory="1Gi", scratch="1Gi")
 
 
 @dataclass(frozen=True)
@@ -143,9 +144,21 @@ def child_name(run: str, *parts: str, limit: int = 63) -> str:
 
 
 def labels(run: Run, stage: str | None = None) -> dict[str, str]:
-    """The labels of every child (and of its pods): who manages it, which run, which stage."""
-    found = {"app.kubernetes.io/managed-by": MANAGED_BY, RUN_LABEL: run.name}
-    return found | ({STAGE_LABEL: stage} if stage else {})
+    """The labels of every child (and of its pods): who manages it, which run, which stage, in egt's
+    own keys and Kubernetes' recommended ones (dashboards and cost reports group by those)."""
+    found = {
+        "app.kubernetes.io/name": "egt",
+        "app.kubernetes.io/instance": run.name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        RUN_LABEL: run.name,
+    }
+    return found | ({"app.kubernetes.io/component": stage, STAGE_LABEL: stage} if stage else {})
+
+
+def _workload_labels(run: Run, stage: str) -> dict[str, str]:
+    """A Job's or RayJob's own labels: with ``cluster.queue``, Kueue's, which it admits by."""
+    queue = run.spec.cluster.queue
+    return labels(run, stage) | ({KUEUE_QUEUE: queue} if queue else {})
 
 
 def owner_reference(run: Run) -> dict[str, Any]:
@@ -252,7 +265,7 @@ def _container(run: Run, stage: str, name: str, res: StageResources, command: li
         **({"command": command} if command is not None else {}),
         "env": _env(run, stage),
         "resources": {
-            "requests": {"cpu": res.cpu, "memory": res.memory, **gpus},
+            "requests": {"cpu": res.cpu, "memory": res.memory, "ephemeral-storage": res.scratch, **gpus},
             "limits": {"memory": res.memory, **gpus},
         },
         "volumeMounts": [
@@ -276,9 +289,18 @@ def _pod_template(
     get the spec's nodeSelector and tolerations and a memory-backed /dev/shm (NCCL, DataLoader
     workers and Ray's object store need more than the runtime's 64 MiB default).
     """
+    cluster = run.spec.cluster
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
+        # No API token unless the pods run as a named account (workload identity for S3 needs it).
+        "automountServiceAccountToken": cluster.service_account is not None,
+        **({"serviceAccountName": cluster.service_account} if cluster.service_account else {}),
+        **({"priorityClassName": cluster.priority_class} if cluster.priority_class else {}),
+        **(
+            {"imagePullSecrets": [{"name": name} for name in cluster.image_pull_secrets]}
+            if cluster.image_pull_secrets
+            else {}
+        ),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS,
@@ -292,10 +314,9 @@ def _pod_template(
     if volumes:
         spec["volumes"] = [
             {"name": SPEC_VOLUME, "configMap": {"name": config_map(run)["metadata"]["name"]}},
-            {"name": "scratch", "emptyDir": {}},
+            {"name": "scratch", "emptyDir": {"sizeLimit": res.scratch}},
             *([{"name": "shm", "emptyDir": _shm(run)}] if res.gpus_per_node else []),
         ]
-    cluster = run.spec.cluster
     if res.gpus_per_node and cluster.node_selector:
         spec["nodeSelector"] = dict(cluster.node_selector)
     if res.gpus_per_node and cluster.tolerations:
@@ -322,7 +343,7 @@ def _job(
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(run, name, stage),
+        "metadata": {**_metadata(run, name, stage), "labels": _workload_labels(run, stage)},
         "spec": {
             **(job or {"backoffLimit": 0}),
             **({"activeDeadlineSeconds": deadline} if deadline else {}),
@@ -419,7 +440,11 @@ def rl(run: Run) -> list[dict[str, Any]]:
         "name": "ray-job-submitter",
         "image": cluster.image,
         "resources": {
-            "requests": {"cpu": RAY_SUBMITTER.cpu, "memory": RAY_SUBMITTER.memory},
+            "requests": {
+                "cpu": RAY_SUBMITTER.cpu,
+                "memory": RAY_SUBMITTER.memory,
+                "ephemeral-storage": RAY_SUBMITTER.scratch,
+            },
             "limits": {"memory": RAY_SUBMITTER.memory},
         },
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
@@ -433,7 +458,10 @@ def rl(run: Run) -> list[dict[str, Any]]:
         {
             "apiVersion": "ray.io/v1",
             "kind": "RayJob",
-            "metadata": _metadata(run, child_name(run.name, "rl", limit=RAYJOB_NAME_LIMIT), "rl"),
+            "metadata": {
+                **_metadata(run, child_name(run.name, "rl", limit=RAYJOB_NAME_LIMIT), "rl"),
+                "labels": _workload_labels(run, "rl"),
+            },
             "spec": {
                 "entrypoint": " ".join(stage_command("rl")),
                 "submissionMode": "K8sJobMode",

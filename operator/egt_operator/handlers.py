@@ -301,6 +301,8 @@ def _apply(run: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
             why = f"CreateRefused: the API server refused {kind} {child}: {error.status} {api_message(error)}"
             plan = fail_stage(plan, plan.status["currentStage"], why, _now())
             break
+    if plan.create:
+        _delete_superseded_spec_maps(namespace, name, plan.create)
     written = None
     if plan.status != (run.get("status") or {}):
         written = {**plan.status, "sequence": _sequence(run.get("status")) + 1}
@@ -381,15 +383,30 @@ def api_message(error: ApiException) -> str:
         return str(error.reason)
 
 
+def _delete_superseded_spec_maps(namespace: str, run: str, created: list[dict[str, Any]]) -> None:
+    """Delete the run's spec ConfigMaps other than the one the stage just started reads.
+
+    Safe when a stage starts: a run's stages run one at a time, and a stale child is gone before its
+    replacement is created, so no running pod of the run reads an older run file.
+    """
+    current = {obj["metadata"]["name"] for obj in created if obj["kind"] == "ConfigMap"}
+    maps = client.CoreV1Api().list_namespaced_config_map(namespace, label_selector=f"{RUN_LABEL}={run}")
+    for item in maps.items:
+        if item.metadata.name not in current and (item.metadata.labels or {}).get(RUN_LABEL) == run:
+            _delete("ConfigMap", item.metadata.name, namespace)
+
+
 def _delete(kind: str, name: str, namespace: str) -> None:
-    background = client.V1DeleteOptions(propagation_policy="Background")
+    # Foreground: a Job stays until its pods are gone, so its replacement (same name, same pod
+    # hostnames) is created only then: a new SFT pod 0 never resolves to a dying one.
+    foreground = client.V1DeleteOptions(propagation_policy="Foreground")
     try:
         if kind == "ConfigMap":
             client.CoreV1Api().delete_namespaced_config_map(name, namespace)
         elif kind == "Service":
             client.CoreV1Api().delete_namespaced_service(name, namespace)
         elif kind == "Job":
-            client.BatchV1Api().delete_namespaced_job(name, namespace, body=background)
+            client.BatchV1Api().delete_namespaced_job(name, namespace, body=foreground)
         elif kind == "RayJob":
             client.CustomObjectsApi().delete_namespaced_custom_object(
                 "ray.io", "v1", namespace, "rayjobs", name

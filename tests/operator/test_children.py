@@ -211,7 +211,10 @@ def test_owned_by_the_run_and_labelled(run):
             assert obj["metadata"]["ownerReferences"] == [owner]
             labels = obj["metadata"]["labels"]
             assert labels["app.kubernetes.io/managed-by"] == "egt-operator"
-            assert labels["egt.dev/run"] == run.name
+            assert labels["egt.dev/run"] == labels["app.kubernetes.io/instance"] == run.name
+            assert labels["app.kubernetes.io/name"] == "egt"
+            if obj["kind"] != "ConfigMap":
+                assert labels["app.kubernetes.io/component"] == stage
             if obj["kind"] != "ConfigMap":  # shared by the stages
                 assert labels["egt.dev/stage"] == stage
             for template in pod_templates(obj):
@@ -325,9 +328,37 @@ def test_gpu_stages_get_gpus_placement_and_shared_memory():
         [container] = template["spec"]["containers"]
         assert "nvidia.com/gpu" not in container["resources"]["limits"]
     annotate = pod_templates(render(run, "annotate")[-1])[0]["spec"]["containers"][0]
-    assert annotate["resources"]["requests"] == {"cpu": "4", "memory": "16Gi"}  # from cluster.resources
-    curate = pod_templates(render(run, "curate")[-1])[0]["spec"]["containers"][0]
-    assert curate["resources"]["requests"] == {"cpu": "2", "memory": "8Gi"}  # unlisted: the defaults
+    # from cluster.resources; scratch (ephemeral storage) the default
+    assert annotate["resources"]["requests"] == {"cpu": "4", "memory": "16Gi", "ephemeral-storage": "100Gi"}
+    curate = pod_templates(render(run, "curate")[-1])[0]
+    assert curate["spec"]["containers"][0]["resources"]["requests"] == {
+        "cpu": "2",
+        "memory": "8Gi",
+        "ephemeral-storage": "100Gi",
+    }  # unlisted: the defaults
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "100Gi"}} in curate["spec"]["volumes"]
+
+
+def test_scheduling_settings_reach_every_pod_and_kueue_sees_every_workload():
+    spec = example_spec("egtrun.yaml").model_dump(mode="json")
+    spec["cluster"] |= {
+        "priority_class": "training-high",
+        "image_pull_secrets": ["registry"],
+        "service_account": "egt-stage",
+        "queue": "team-a",
+        "active_deadline_seconds": 86400,
+    }
+    run = Run("paper", "egt", UID, EGTRunSpec.model_validate(spec))
+    for obj in everything(run):
+        if obj["kind"] in ("Job", "RayJob"):  # Kueue admits workloads by this label
+            assert obj["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+            assert obj["spec"]["activeDeadlineSeconds"] == 86400
+        for template in pod_templates(obj):
+            pod = template["spec"]
+            assert pod["priorityClassName"] == "training-high"
+            assert pod["imagePullSecrets"] == [{"name": "registry"}]
+            assert pod["serviceAccountName"] == "egt-stage" and pod["automountServiceAccountToken"] is True
+            assert "kueue.x-k8s.io/queue-name" not in template["metadata"]["labels"]  # the workload's only
 
 
 def test_pods_are_non_root_and_never_restarted(run):

@@ -219,6 +219,25 @@ def test_a_run_is_deleted_with_its_children_even_without_the_operator(
     assert kubelet.jobs(run="tiny-demo") == [] and kubelet.list("ConfigMap", run="tiny-demo") == []
 
 
+def test_an_edit_keeps_the_running_stage_and_the_next_stage_leaves_no_old_run_file(
+    store_uri, kube_client, kubelet, operator
+) -> None:
+    create_run(kube_client, run_document(store_uri))
+    first = child(kubelet, "tiny-demo", "prepare")
+    [old_map] = [m["metadata"]["name"] for m in kubelet.list("ConfigMap", run="tiny-demo")]
+    runs(kube_client).patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, "tiny-demo", {"spec": {"rl": {"alpha": 0.9}, "suspend": False}}
+    )
+    wait_for(lambda: get_run(kube_client, "tiny-demo")["status"].get("observedGeneration") == 2, timeout=15)
+    # the edit touches rl only: prepare runs on, in the same Job, reading the run file it started with
+    assert child(kubelet, "tiny-demo", "prepare")["metadata"]["uid"] == first["metadata"]["uid"]
+    finish(kubelet, "tiny-demo", "prepare")
+    child(kubelet, "tiny-demo", "annotate")
+    maps = lambda: [m["metadata"]["name"] for m in kubelet.list("ConfigMap", run="tiny-demo")]  # noqa: E731
+    wait_for(lambda: len(maps()) == 1, timeout=15, what="the superseded run file deleted")
+    assert maps() != [old_map]
+
+
 def test_an_invalid_run_is_rejected_with_its_field(store_uri, kube_client, tmp_path) -> None:
     document = run_document(store_uri)
     document["spec"]["curate"]["strategy"] = "lowest"
