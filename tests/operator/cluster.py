@@ -426,6 +426,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     # Fault injection: creates of these names are answered (code, reason, message), as admission
     # (a quota, a policy webhook) would answer them.
     refusals: dict[str, tuple[int, str, str]] = attrs.field(factory=dict, init=False)
+    # (kind, name, propagationPolicy) of every delete request, for tests of how children go.
+    deletions: list[tuple[str, str, str | None]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -714,6 +716,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     async def _serve_delete(self, request: kmock.Request) -> dict[str, Any]:
         kind, current = self._target(request)
         meta = current["metadata"]
+        options = request.data if isinstance(request.data, dict) else {}
+        self.deletions.append((kind.kind, meta["name"], options.get("propagationPolicy")))
         if meta.get("finalizers"):  # deletion starts; the finalizers' owners finish it
             if meta.get("deletionTimestamp"):
                 return current

@@ -122,7 +122,7 @@ def test_a_whole_run_with_a_restart_in_every_stage(
 
 
 def test_a_failed_stage_fails_the_run_and_a_retry_resumes_it(
-    store_uri, kube_client, kubelet, operator, kube_env, tmp_path
+    store_uri, kube, kube_client, kubelet, operator, kube_env, tmp_path
 ) -> None:
     create_run(kube_client, run_document(store_uri))
     child(kubelet, "tiny-demo", "prepare")
@@ -144,6 +144,8 @@ def test_a_failed_stage_fails_the_run_and_a_retry_resumes_it(
     wait_for(lambda: stage_state(kube_client, "tiny-demo", "prepare") == "Running", timeout=15)
     retried = child(kubelet, "tiny-demo", "prepare")
     assert "conditions" not in (retried.get("status") or {})  # a new Job, not the failed one
+    # deleted in the foreground: the new Job is created only once the old one's pods are gone
+    assert ("Job", "tiny-demo-prepare", "Foreground") in kube.emulator.deletions
     # nothing of the failed attempt is left in the stage's status
     assert set(get_run(kube_client, "tiny-demo")["status"]["stages"]["prepare"]) == {
         "state",
