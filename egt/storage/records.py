@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from egt.storage.store import ArtifactStore
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+# pyarrow (~40 MiB resident) is imported where Parquet is read or written: the operator imports this
+# module through the stage fingerprints and reads only JSON manifests.
 
 FORMATS = (".jsonl", ".parquet")
 
@@ -56,6 +59,8 @@ def _to_table(records: list[dict[str, Any]]) -> pa.Table:
     pa.Table.from_pylist takes the columns from the first record only and would drop later keys; a key
     missing from some records becomes null there (and reads back as None).
     """
+    import pyarrow as pa
+
     names = list(dict.fromkeys(name for r in records for name in r))
     return pa.table({name: pa.array([r.get(name) for r in records]) for name in names})
 
@@ -66,6 +71,8 @@ def read_records(store: ArtifactStore, key: str) -> list[dict[str, Any]]:
     data = store.read_bytes(key)
     if fmt == ".jsonl":
         return loads_jsonl(data, store.uri_for(key))
+    import pyarrow.parquet as pq
+
     return pq.read_table(io.BytesIO(data)).to_pylist()
 
 
@@ -74,6 +81,8 @@ def write_records(store: ArtifactStore, key: str, records: list[dict[str, Any]])
     if _format(key) == ".jsonl":
         store.write_bytes(key, dumps_jsonl(records))
         return
+    import pyarrow.parquet as pq
+
     buffer = io.BytesIO()
     pq.write_table(_to_table(records), buffer)
     store.write_bytes(key, buffer.getvalue())
