@@ -144,7 +144,11 @@ def measure(args: argparse.Namespace, work: Path, store: str) -> None:
     api_base = api_client(kubeconfig)
     api_base.user_agent = BENCH_AGENT
     api, kubelet = k8s.CustomObjectsApi(api_base), Kubelet(api_base)
-    env = {"EGT_RECONCILE_SECONDS": str(args.interval), "EGT_METRICS_PORT": str(free_ports()[0])}
+    env = {
+        "EGT_RECONCILE_SECONDS": str(args.interval),
+        "EGT_METRICS_PORT": str(free_ports()[0]),
+        "MALLOC_ARENA_MAX": "2",  # as images/operator.Dockerfile sets it
+    }
     operator = QuietOperator("egt_operator.handlers", kubeconfig, work / "operator.log", env).start()
     process = psutil.Process(operator.proc.pid)
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import logging
 import os
@@ -44,6 +45,8 @@ _locks: dict[str, threading.Lock] = {}
 _following: list[asyncio.Task] = []  # the safety-net task (follow_runs)
 _written: dict[str, dict[str, Any]] = {}  # per run, the status it wrote last: see _latest
 _locks_guard = threading.Lock()
+_api_client: client.ApiClient | None = None  # see _api
+UNREAD = {"_preload_content": False}  # a response the operator does not read: see _sent
 _claims = Claims()  # which run computes which stage identity (egt_operator.sharing)
 
 
@@ -56,6 +59,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix="egt.dev", key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # kopf's own handler chatter stays in the log
+    settings.execution.max_workers = 4  # passes are short and serialised per run; few threads, less memory
     try:
         config.load_incluster_config()
     except config.ConfigException:
@@ -128,7 +132,11 @@ def drive(
 
 @kopf.on.startup()
 async def follow_runs(
-    run_index: kopf.Index, job_index: kopf.Index, rayjob_index: kopf.Index, **_: Any
+    run_index: kopf.Index,
+    job_index: kopf.Index,
+    rayjob_index: kopf.Index,
+    settings: kopf.OperatorSettings,
+    **_: Any,
 ) -> None:
     """A pass over every run every INTERVAL seconds, the safety net for a missed event.
 
@@ -143,8 +151,9 @@ async def follow_runs(
             await asyncio.sleep(INTERVAL)
             runs = [(key, body) for key, bodies in list(run_index.items()) for body in list(bodies)]
             for (namespace, name), body in runs:
-                try:
-                    await asyncio.to_thread(reconcile_run, namespace, name, body, job_index, rayjob_index)
+                pass_over = functools.partial(reconcile_run, namespace, name, body, job_index, rayjob_index)
+                try:  # in kopf's own worker threads, as every handler's pass: one pool, not two
+                    await asyncio.get_running_loop().run_in_executor(settings.execution.executor, pass_over)
                 except Exception:  # the next round tries again; one run's trouble stops no other
                     log.exception("%s/%s: reconcile pass failed", namespace, name)
 
@@ -228,8 +237,8 @@ def _rayjob_crd() -> Any:
     if time.monotonic() - _crd_cache["at"] < CRD_READ_SECONDS:
         return _crd_cache["crd"]
     try:
-        found = client.ApiClient().sanitize_for_serialization(
-            client.ApiextensionsV1Api().read_custom_resource_definition("rayjobs.ray.io")
+        found = _api().sanitize_for_serialization(
+            client.ApiextensionsV1Api(_api()).read_custom_resource_definition("rayjobs.ray.io")
         )
     except ApiException as error:
         if error.status == 404:
@@ -306,9 +315,10 @@ def _apply(run: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
     written = None
     if plan.status != (run.get("status") or {}):
         written = {**plan.status, "sequence": _sequence(run.get("status")) + 1}
-        client.CustomObjectsApi().patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": merge_patch(run.get("status") or {}, written)}
-        )
+        patch = {"status": merge_patch(run.get("status") or {}, written)}
+        custom = client.CustomObjectsApi(_api())
+        this_run = (GROUP, VERSION, namespace, PLURAL, name)
+        _sent(custom.patch_namespaced_custom_object_status(*this_run, patch, **UNREAD))
     for kind, reason, message in plan.events:
         _post_event(run, kind, reason, message)
         (log.warning if kind == "Warning" else log.info)("%s/%s %s: %s", namespace, name, reason, message)
@@ -340,7 +350,7 @@ def _post_event(run: Mapping[str, Any], kind: str, reason: str, message: str) ->
         "count": 1,
     }
     try:
-        client.CoreV1Api().create_namespaced_event(meta["namespace"], event)
+        _sent(client.CoreV1Api(_api()).create_namespaced_event(meta["namespace"], event, **UNREAD))
     except ApiException as error:
         log.warning("could not post the %s Event on %s: %s", reason, meta["name"], error.reason)
 
@@ -351,17 +361,16 @@ def _post_event(run: Mapping[str, Any], kind: str, reason: str, message: str) ->
 def _create(obj: dict[str, Any]) -> None:
     """Create one child; one that exists already is adopted (a pass cut short, an operator restart)."""
     namespace, kind = obj["metadata"]["namespace"], obj["kind"]
+    core, batch, custom = client.CoreV1Api(_api()), client.BatchV1Api(_api()), client.CustomObjectsApi(_api())
     try:
         if kind == "ConfigMap":
-            client.CoreV1Api().create_namespaced_config_map(namespace, obj)
+            _sent(core.create_namespaced_config_map(namespace, obj, **UNREAD))
         elif kind == "Service":
-            client.CoreV1Api().create_namespaced_service(namespace, obj)
+            _sent(core.create_namespaced_service(namespace, obj, **UNREAD))
         elif kind == "Job":
-            client.BatchV1Api().create_namespaced_job(namespace, obj)
+            _sent(batch.create_namespaced_job(namespace, obj, **UNREAD))
         elif kind == "RayJob":
-            client.CustomObjectsApi().create_namespaced_custom_object(
-                "ray.io", "v1", namespace, "rayjobs", obj
-            )
+            _sent(custom.create_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", obj, **UNREAD))
         else:
             raise ValueError(f"no way to create a {kind}")
     except ApiException as error:
@@ -390,7 +399,7 @@ def _delete_superseded_spec_maps(namespace: str, run: str, created: list[dict[st
     replacement is created, so no running pod of the run reads an older run file.
     """
     current = {obj["metadata"]["name"] for obj in created if obj["kind"] == "ConfigMap"}
-    maps = client.CoreV1Api().list_namespaced_config_map(namespace, label_selector=f"{RUN_LABEL}={run}")
+    maps = client.CoreV1Api(_api()).list_namespaced_config_map(namespace, label_selector=f"{RUN_LABEL}={run}")
     for item in maps.items:
         if item.metadata.name not in current and (item.metadata.labels or {}).get(RUN_LABEL) == run:
             _delete("ConfigMap", item.metadata.name, namespace)
@@ -400,19 +409,35 @@ def _delete(kind: str, name: str, namespace: str) -> None:
     # Foreground: a Job stays until its pods are gone, so its replacement (same name, same pod
     # hostnames) is created only then: a new SFT pod 0 never resolves to a dying one.
     foreground = client.V1DeleteOptions(propagation_policy="Foreground")
+    core, batch, custom = client.CoreV1Api(_api()), client.BatchV1Api(_api()), client.CustomObjectsApi(_api())
     try:
         if kind == "ConfigMap":
-            client.CoreV1Api().delete_namespaced_config_map(name, namespace)
+            _sent(core.delete_namespaced_config_map(name, namespace, **UNREAD))
         elif kind == "Service":
-            client.CoreV1Api().delete_namespaced_service(name, namespace)
+            _sent(core.delete_namespaced_service(name, namespace, **UNREAD))
         elif kind == "Job":
-            client.BatchV1Api().delete_namespaced_job(name, namespace, body=foreground)
+            _sent(batch.delete_namespaced_job(name, namespace, body=foreground, **UNREAD))
         elif kind == "RayJob":
-            client.CustomObjectsApi().delete_namespaced_custom_object(
-                "ray.io", "v1", namespace, "rayjobs", name
-            )
+            rayjobs = ("ray.io", "v1", namespace, "rayjobs", name)
+            _sent(custom.delete_namespaced_custom_object(*rayjobs, **UNREAD))
         else:
             raise ValueError(f"no way to delete a {kind}")
     except ApiException as error:
         if error.status != 404:
             raise
+
+
+def _sent(response: Any) -> None:
+    """Read and let go of a response the operator has no use for (its connection back to the pool)."""
+    response.read()
+    response.release_conn()
+
+
+def _api() -> client.ApiClient:
+    """One API client for all the operator's requests: thread-safe, one connection pool, made once
+    (not per request); responses the operator does not read are not turned into model objects."""
+    global _api_client
+    with _locks_guard:
+        if _api_client is None:
+            _api_client = client.ApiClient()
+        return _api_client
