@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
-import json
 import logging
 import os
 import threading
@@ -32,6 +31,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from egt_operator import metrics
+from egt_operator.api_errors import api_message, refused_for_good
 from egt_operator.children import RUN_LABEL, Run, kuberay_gaps
 from egt_operator.crd import GROUP, PLURAL, VERSION
 from egt_operator.reconcile import Plan, fail_stage, reconcile
@@ -261,7 +261,7 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
         if isinstance(value, Mapping) and isinstance(old.get(key), Mapping):
             if value != old[key]:
                 patch[key] = merge_patch(old[key], value)
-        elif old.get(key, _UNKNOWN) != value:
+        elif key not in old or old[key] != value:
             patch[key] = value
     return patch
 
@@ -310,7 +310,7 @@ def _apply(run: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
             why = f"CreateRefused: the API server refused {kind} {child}: {error.status} {api_message(error)}"
             plan = fail_stage(plan, plan.status["currentStage"], why, _now())
             break
-    if plan.create:
+    if plan.create and any(state == "Running" for _, state in plan.transitions):  # a stage starts
         _delete_superseded_spec_maps(namespace, name, plan.create)
     written = None
     if plan.status != (run.get("status") or {}):
@@ -376,20 +376,6 @@ def _create(obj: dict[str, Any]) -> None:
     except ApiException as error:
         if error.status != 409:
             raise
-
-
-def refused_for_good(error: ApiException) -> bool:
-    """A 4xx that a repeat of the same request would get again: invalid, forbidden (over quota, a
-    policy webhook), not found. 409 (exists: adopted) and 429 (throttled) are not."""
-    return error.status is not None and 400 <= error.status < 500 and error.status not in (409, 429)
-
-
-def api_message(error: ApiException) -> str:
-    """The API server's own message (the Status body's), else the HTTP reason."""
-    try:
-        return json.loads(error.body)["message"]
-    except (TypeError, ValueError, KeyError):
-        return str(error.reason)
 
 
 def _delete_superseded_spec_maps(namespace: str, run: str, created: list[dict[str, Any]]) -> None:

@@ -107,7 +107,7 @@ def _camel(reason: str) -> str:
     return cleaned if cleaned[:1].isalpha() else f"Reason{cleaned}"
 
 
-def digest(obj: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> str:
+def digest(obj: Mapping[str, Any], stage_settings: Mapping[str, Any] | None = None) -> str:
     """Digest of a rendered child (without the annotation that carries it) and of the stage settings
     its outputs depend on.
 
@@ -117,7 +117,7 @@ def digest(obj: Mapping[str, Any], settings: Mapping[str, Any] | None = None) ->
     """
     plain = _without_spec_volume(copy.deepcopy(dict(obj)))
     plain.get("metadata", {}).get("annotations", {}).pop(SPEC_ANNOTATION, None)
-    text = json.dumps({"object": plain, "settings": settings}, sort_keys=True)
+    text = json.dumps({"object": plain, "settings": stage_settings}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -131,12 +131,14 @@ def _without_spec_volume(value: Any) -> Any:
     return value
 
 
-def stamped(objects: list[dict[str, Any]], settings: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+def stamped(
+    objects: list[dict[str, Any]], stage_settings: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """The rendered objects, each annotated with its digest (how a stale child is recognized)."""
     out = []
     for obj in objects:
         obj = copy.deepcopy(obj)
-        obj["metadata"].setdefault("annotations", {})[SPEC_ANNOTATION] = digest(obj, settings)
+        obj["metadata"].setdefault("annotations", {})[SPEC_ANNOTATION] = digest(obj, stage_settings)
         out.append(obj)
     return out
 

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 import yaml
 
 from egt.spec import STAGES, EGTRun, SpecError, dump_run, parse_run
+from egt_operator.api_errors import api_message
 from egt_operator.children import check_cluster_run
 from egt_operator.crd import GROUP, PLURAL, VERSION
 
@@ -88,7 +89,7 @@ def apply_run(
         print(f"egtrun/{name} created in {namespace}", file=out)
     except ApiException as error:
         if error.status == 422:
-            print(f"egt submit: the cluster rejected the run: {_api_message(error)}", file=sys.stderr)
+            print(f"egt submit: the cluster rejected the run: {api_message(error)}", file=sys.stderr)
             return EXIT_INVALID, None
         if error.status != 409:
             raise
@@ -226,12 +227,3 @@ def render_status(run: Mapping[str, Any]) -> str:
 
 def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
     return next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
-
-
-def _api_message(error: Any) -> str:
-    import json
-
-    try:
-        return json.loads(error.body).get("message", error.reason)
-    except (TypeError, ValueError):
-        return str(error.reason)
