@@ -10,7 +10,8 @@
 
     .venv/bin/python bench/operator.py --runs 200
 
-The emulator, the operator (a real ``kopf run``, as in a pod) and this script's kubelet each run in
+The emulator, the operator (a real ``kopf run``, as in a pod, and as in its image without the
+``kubernetes`` package) and this script's kubelet each run in
 a process of their own, so the kubelet's polling does not slow the emulator down through the GIL.
 The runs' store is a real S3 server (SeaweedFS, as in the tests): the operator reads each stage's
 manifest from it to decide what to skip.
@@ -41,6 +42,7 @@ from egt_operator.crd import GROUP, PLURAL, VERSION  # noqa: E402
 from tests.fixtures.processes import free_ports  # noqa: E402
 from tests.fixtures.s3 import seaweedfs  # noqa: E402
 from tests.operator.cluster import (  # noqa: E402
+    NOT_IN_OPERATOR_IMAGE,
     Kubelet,
     KubeServer,
     OperatorProcess,
@@ -149,7 +151,8 @@ def measure(args: argparse.Namespace, work: Path, store: str) -> None:
         "EGT_METRICS_PORT": str(free_ports()[0]),
         "MALLOC_ARENA_MAX": "2",  # as images/operator.Dockerfile sets it
     }
-    operator = QuietOperator("egt_operator.handlers", kubeconfig, work / "operator.log", env).start()
+    log, hidden = work / "operator.log", NOT_IN_OPERATOR_IMAGE
+    operator = QuietOperator("egt_operator.handlers", kubeconfig, log, env, hidden=hidden).start()
     process = psutil.Process(operator.proc.pid)
     try:
         latencies = []

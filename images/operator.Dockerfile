@@ -1,4 +1,4 @@
-# The operator image: kopf, the Kubernetes client and egt's spec and store code; no ML engine (the
+# The operator image: kopf and egt's spec, store and API-client code; no ML engine (the
 # operator never imports torch or transformers, and a test keeps it so). Built from the repository root:
 #   docker build -f images/operator.Dockerfile -t ghcr.io/egt-dev/egt-operator:0.1.0 .
 # images/README.md has the build commands and tags; charts/egt runs it.
@@ -19,7 +19,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MALLOC_ARENA_MAX=2
 COPY --from=build /wheels /wheels
-# The core dependencies and the operator extra (kopf, kubernetes), at the versions pyproject.toml pins.
+# The core dependencies and the operator extra (kopf), at the versions pyproject.toml pins.
 RUN pip install --no-cache-dir "$(ls /wheels/egt-*.whl)[operator]" \
  && rm -rf /wheels \
  && groupadd --gid 1000 egt \

@@ -27,11 +27,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
-from egt_operator import metrics
-from egt_operator.api_errors import api_message, refused_for_good
+from egt_operator import kube, metrics
 from egt_operator.children import RUN_LABEL, Run, kuberay_gaps
 from egt_operator.crd import GROUP, PLURAL, VERSION
 from egt_operator.reconcile import Plan, fail_stage, reconcile
@@ -45,26 +42,39 @@ _locks: dict[str, threading.Lock] = {}
 _following: list[asyncio.Task] = []  # the safety-net task (follow_runs)
 _written: dict[str, dict[str, Any]] = {}  # per run, the status it wrote last: see _latest
 _locks_guard = threading.Lock()
-_api_client: client.ApiClient | None = None  # see _api
-UNREAD = {"_preload_content": False}  # a response the operator does not read: see _sent
+_kube: kube.Kube | None = None  # see _api
 _claims = Claims()  # which run computes which stage identity (egt_operator.sharing)
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Progress in annotations (the CRD's structural status has no room for kopf's own fields),
-    Kubernetes API credentials for the client (in-cluster, else the kubeconfig), and /metrics."""
+    a small worker pool, and /metrics."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="egt.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="egt.dev", key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # kopf's own handler chatter stays in the log
     settings.execution.max_workers = 4  # passes are short and serialised per run; few threads, less memory
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
     metrics.serve(int(os.environ.get("EGT_METRICS_PORT", "8080")))
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's credentials, found as the operator's own requests find them (the service account, else
+    the kubeconfig: :func:`egt_operator.kube.login`). Without this handler kopf logs in through the
+    ``kubernetes`` package whenever it is installed, which the operator image leaves out."""
+    found = kube.login()
+    return kopf.ConnectionInfo(
+        server=found.server,
+        ca_data=found.ca_pem,
+        insecure=found.insecure,
+        token=found.token,
+        certificate_data=found.cert_pem,
+        private_key_data=found.key_pem,
+        default_namespace=found.namespace,
+        expiration=found.expires,
+    )
 
 
 # ---- the children, as the watch streams last saw them ---------------------------------------------
@@ -237,10 +247,8 @@ def _rayjob_crd() -> Any:
     if time.monotonic() - _crd_cache["at"] < CRD_READ_SECONDS:
         return _crd_cache["crd"]
     try:
-        found = _api().sanitize_for_serialization(
-            client.ApiextensionsV1Api(_api()).read_custom_resource_definition("rayjobs.ray.io")
-        )
-    except ApiException as error:
+        found = _api().get("CustomResourceDefinition", "rayjobs.ray.io")
+    except kube.KubeError as error:
         if error.status == 404:
             found = None
         elif error.status == 403:
@@ -303,11 +311,11 @@ def _apply(run: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
     for obj in plan.create:
         try:
             _create(obj)
-        except ApiException as error:
-            if not refused_for_good(error):
+        except kube.KubeError as error:
+            if not error.refused_for_good:
                 raise  # kopf retries the pass
             kind, child = obj["kind"], obj["metadata"]["name"]
-            why = f"CreateRefused: the API server refused {kind} {child}: {error.status} {api_message(error)}"
+            why = f"CreateRefused: the API server refused {kind} {child}: {error.status} {error.message}"
             plan = fail_stage(plan, plan.status["currentStage"], why, _now())
             break
     if plan.create and any(state == "Running" for _, state in plan.transitions):  # a stage starts
@@ -316,9 +324,7 @@ def _apply(run: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
     if plan.status != (run.get("status") or {}):
         written = {**plan.status, "sequence": _sequence(run.get("status")) + 1}
         patch = {"status": merge_patch(run.get("status") or {}, written)}
-        custom = client.CustomObjectsApi(_api())
-        this_run = (GROUP, VERSION, namespace, PLURAL, name)
-        _sent(custom.patch_namespaced_custom_object_status(*this_run, patch, **UNREAD))
+        _api().patch("EGTRun", name, namespace, patch, sub="status")
     for kind, reason, message in plan.events:
         _post_event(run, kind, reason, message)
         (log.warning if kind == "Warning" else log.info)("%s/%s %s: %s", namespace, name, reason, message)
@@ -332,6 +338,8 @@ def _post_event(run: Mapping[str, Any], kind: str, reason: str, message: str) ->
     meta = run["metadata"]
     now = datetime.now(UTC)
     event = {
+        "apiVersion": "v1",
+        "kind": "Event",
         "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
         "involvedObject": {
             "apiVersion": f"{GROUP}/{VERSION}",
@@ -350,8 +358,8 @@ def _post_event(run: Mapping[str, Any], kind: str, reason: str, message: str) ->
         "count": 1,
     }
     try:
-        _sent(client.CoreV1Api(_api()).create_namespaced_event(meta["namespace"], event, **UNREAD))
-    except ApiException as error:
+        _api().create(event)
+    except kube.KubeError as error:
         log.warning("could not post the %s Event on %s: %s", reason, meta["name"], error.reason)
 
 
@@ -360,20 +368,9 @@ def _post_event(run: Mapping[str, Any], kind: str, reason: str, message: str) ->
 
 def _create(obj: dict[str, Any]) -> None:
     """Create one child; one that exists already is adopted (a pass cut short, an operator restart)."""
-    namespace, kind = obj["metadata"]["namespace"], obj["kind"]
-    core, batch, custom = client.CoreV1Api(_api()), client.BatchV1Api(_api()), client.CustomObjectsApi(_api())
     try:
-        if kind == "ConfigMap":
-            _sent(core.create_namespaced_config_map(namespace, obj, **UNREAD))
-        elif kind == "Service":
-            _sent(core.create_namespaced_service(namespace, obj, **UNREAD))
-        elif kind == "Job":
-            _sent(batch.create_namespaced_job(namespace, obj, **UNREAD))
-        elif kind == "RayJob":
-            _sent(custom.create_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", obj, **UNREAD))
-        else:
-            raise ValueError(f"no way to create a {kind}")
-    except ApiException as error:
+        _api().create(obj)
+    except kube.KubeError as error:
         if error.status != 409:
             raise
 
@@ -385,45 +382,26 @@ def _delete_superseded_spec_maps(namespace: str, run: str, created: list[dict[st
     replacement is created, so no running pod of the run reads an older run file.
     """
     current = {obj["metadata"]["name"] for obj in created if obj["kind"] == "ConfigMap"}
-    maps = client.CoreV1Api(_api()).list_namespaced_config_map(namespace, label_selector=f"{RUN_LABEL}={run}")
-    for item in maps.items:
-        if item.metadata.name not in current and (item.metadata.labels or {}).get(RUN_LABEL) == run:
-            _delete("ConfigMap", item.metadata.name, namespace)
+    for item in _api().list("ConfigMap", namespace, label_selector=f"{RUN_LABEL}={run}"):
+        meta = item["metadata"]
+        if meta["name"] not in current and (meta.get("labels") or {}).get(RUN_LABEL) == run:
+            _delete("ConfigMap", meta["name"], namespace)
 
 
 def _delete(kind: str, name: str, namespace: str) -> None:
     # Foreground: a Job stays until its pods are gone, so its replacement (same name, same pod
     # hostnames) is created only then: a new SFT pod 0 never resolves to a dying one.
-    foreground = client.V1DeleteOptions(propagation_policy="Foreground")
-    core, batch, custom = client.CoreV1Api(_api()), client.BatchV1Api(_api()), client.CustomObjectsApi(_api())
     try:
-        if kind == "ConfigMap":
-            _sent(core.delete_namespaced_config_map(name, namespace, **UNREAD))
-        elif kind == "Service":
-            _sent(core.delete_namespaced_service(name, namespace, **UNREAD))
-        elif kind == "Job":
-            _sent(batch.delete_namespaced_job(name, namespace, body=foreground, **UNREAD))
-        elif kind == "RayJob":
-            rayjobs = ("ray.io", "v1", namespace, "rayjobs", name)
-            _sent(custom.delete_namespaced_custom_object(*rayjobs, **UNREAD))
-        else:
-            raise ValueError(f"no way to delete a {kind}")
-    except ApiException as error:
+        _api().delete(kind, name, namespace, propagation="Foreground" if kind == "Job" else None)
+    except kube.KubeError as error:
         if error.status != 404:
             raise
 
 
-def _sent(response: Any) -> None:
-    """Read and let go of a response the operator has no use for (its connection back to the pool)."""
-    response.read()
-    response.release_conn()
-
-
-def _api() -> client.ApiClient:
-    """One API client for all the operator's requests: thread-safe, one connection pool, made once
-    (not per request); responses the operator does not read are not turned into model objects."""
-    global _api_client
+def _api() -> kube.Kube:
+    """One API client for all the operator's requests: thread-safe, one connection pool, made once."""
+    global _kube
     with _locks_guard:
-        if _api_client is None:
-            _api_client = client.ApiClient()
-        return _api_client
+        if _kube is None:
+            _kube = kube.Kube()
+        return _kube

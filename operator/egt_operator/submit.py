@@ -18,25 +18,17 @@ from typing import Any, TextIO
 import yaml
 
 from egt.spec import STAGES, EGTRun, SpecError, dump_run, parse_run
-from egt_operator.api_errors import api_message
 from egt_operator.children import check_cluster_run
-from egt_operator.crd import GROUP, PLURAL, VERSION
+from egt_operator.crd import GROUP, VERSION
+from egt_operator.kube import Kube, KubeError
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT = 0, 1, 2, 3
 
 
-def kube_client(namespace: str | None) -> tuple[Any, str]:
-    """The CustomObjectsApi and the namespace: ``namespace``, else the kubeconfig context's, else default."""
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-        current = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read_text().strip()
-    except config.ConfigException:
-        config.load_kube_config()
-        _, context = config.list_kube_config_contexts()
-        current = (context or {}).get("context", {}).get("namespace") or "default"
-    return client.CustomObjectsApi(), namespace or current
+def kube_client(namespace: str | None) -> tuple[Kube, str]:
+    """The API client and the namespace: ``namespace``, else the pod's or kubeconfig context's."""
+    api = Kube()
+    return api, namespace or api.credentials.namespace
 
 
 def submit(
@@ -68,7 +60,7 @@ def submit(
         return EXIT_OK
     generation = int(created["metadata"].get("generation") or 1)
     return follow(
-        lambda: api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, run.name),
+        lambda: api.get("EGTRun", run.name, namespace),
         generation,
         timeout,
         poll_seconds,
@@ -77,25 +69,21 @@ def submit(
 
 
 def apply_run(
-    api: Any, namespace: str, name: str, document: Mapping[str, Any], out: TextIO
+    api: Kube, namespace: str, name: str, document: Mapping[str, Any], out: TextIO
 ) -> tuple[int, Mapping[str, Any] | None]:
     """Create the EGTRun, or update the spec of an existing one: (exit code, the object as stored)."""
-    from kubernetes.client.exceptions import ApiException
-
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EGTRun", **document}
     body["metadata"] = {**document.get("metadata", {}), "name": name, "namespace": namespace}
     try:
-        created = api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        created = api.create(body)
         print(f"egtrun/{name} created in {namespace}", file=out)
-    except ApiException as error:
+    except KubeError as error:
         if error.status == 422:
-            print(f"egt submit: the cluster rejected the run: {api_message(error)}", file=sys.stderr)
+            print(f"egt submit: the cluster rejected the run: {error.message}", file=sys.stderr)
             return EXIT_INVALID, None
         if error.status != 409:
             raise
-        created = api.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, {"spec": body["spec"]}
-        )
+        created = api.patch("EGTRun", name, namespace, {"spec": body["spec"]})
         print(f"egtrun/{name} updated in {namespace}", file=out)
     return EXIT_OK, created
 
@@ -134,7 +122,7 @@ def submit_sweep(
     codes = []
     for name, generation in generations.items():
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        read = lambda name=name: api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)  # noqa: E731
+        read = lambda name=name: api.get("EGTRun", name, namespace)  # noqa: E731
         codes.append(follow(read, generation, left, poll_seconds, out))
     return max(codes)
 
@@ -181,12 +169,10 @@ def follow(
 
 def status(name: str, namespace: str | None = None, out: TextIO = sys.stdout) -> int:
     """Print the run's stages and conditions; exit 1 when it failed, 0 otherwise."""
-    from kubernetes.client.exceptions import ApiException
-
     api, namespace = kube_client(namespace)
     try:
-        run = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    except ApiException as error:
+        run = api.get("EGTRun", name, namespace)
+    except KubeError as error:
         if error.status == 404:
             print(f"egt status: no egtrun/{name} in namespace {namespace}", file=sys.stderr)
             return EXIT_FAILED

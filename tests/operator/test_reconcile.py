@@ -7,6 +7,7 @@ creates, deletes the ones it deletes, and the run's status between passes.
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 
 from egt.spec import STAGES
 from egt_operator.reconcile import RETRY_ANNOTATION, SPEC_ANNOTATION, StoreVerdict, child_phase, reconcile
+from tests.operator.cluster import HIDDEN_PACKAGES, NOT_IN_OPERATOR_IMAGE
 
 TINY = yaml.safe_load(Path("examples/egtrun-tiny.yaml").read_text())
 TINY["spec"]["store"]["uri"] = "s3://egt-artifacts/runs"  # a cluster run's store (check_cluster_run)
@@ -218,10 +220,14 @@ def test_child_phases():
 
 def test_the_operator_imports_no_engine():
     # The operator image is slim: deciding what to skip reads the pipeline's fingerprints, not its engines
-    # (nor pyarrow, ~40 MiB resident: the operator reads only JSON manifests).
+    # (nor pyarrow, ~40 MiB resident: the operator reads only JSON manifests), and it has no
+    # `kubernetes` package (~58 MiB), hidden here as the image lacks it.
     heavy = "{'torch', 'transformers', 'ray', 'pyarrow'}"
-    code = f"import sys, egt_operator.handlers; print(sorted({heavy} & set(sys.modules)))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    imports = "import sys, egt_operator.handlers, egt_operator.submit"
+    code = f"{imports}; print(sorted({heavy} & set(sys.modules)))"
+    hidden = {"EGT_HIDDEN_PACKAGES": ",".join(NOT_IN_OPERATOR_IMAGE), "PYTHONPATH": str(HIDDEN_PACKAGES)}
+    env = os.environ | hidden
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
