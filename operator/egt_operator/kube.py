@@ -138,6 +138,12 @@ def kubeconfig_credentials(paths: str | None = None) -> Credentials:
         token = (user_dir / user["tokenFile"]).read_text().strip()
     cert, key = _pem(user, "client-certificate", user_dir), _pem(user, "client-key", user_dir)
     expires = None
+    if user.get("auth-provider") and not (token or user.get("exec")):
+        provider = user["auth-provider"].get("name")
+        raise LoginError(
+            f"kubeconfig user {context['user']!r} logs in with auth-provider {provider!r}, which egt does "
+            "not read (Kubernetes deprecated it): use the provider's exec credential plugin"
+        )
     if user.get("exec"):
         issued = _exec_credential(user["exec"], context["user"])
         token = issued.get("token") or token

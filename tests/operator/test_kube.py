@@ -262,6 +262,10 @@ def test_kubeconfig_problems_are_named(tmp_path: Path):
     path.write_text(yaml.safe_dump(broken))
     with pytest.raises(LoginError, match="names user 'nobody', not defined"):
         kubeconfig_credentials(str(path))
+    oidc = {"auth-provider": {"name": "oidc", "config": {}}}
+    path = write_kubeconfig(tmp_path / "config", "https://x", oidc)
+    with pytest.raises(LoginError, match=r"auth-provider 'oidc'.*exec credential plugin"):
+        kubeconfig_credentials(str(path))
     failing = {
         "exec": {
             "command": sys.executable,
