@@ -306,6 +306,38 @@ class SFTSpec(DeepSpeedSpec):
     )
 
 
+class ScalarTrainSpec(DeepSpeedSpec):
+    """A scalar reward model's training: a linear head on the VLM, Bradley–Terry loss over preference
+    pairs (the Skywork-VL Reward and IXC-2.5-Reward baselines; egt.engines.scalar)."""
+
+    pooling: Literal["last_token", "mean"] = Field(
+        "last_token",
+        description="Hidden vector the head reads: the state after the response's last token (Skywork-VL) "
+        "or the mean over all tokens (IXC-2.5).",
+    )
+    freeze: list[Literal["vision", "projector"]] = Field(
+        default_factory=lambda: ["vision"],
+        description="Parts not trained: Skywork-VL freezes the vision encoder, IXC-2.5 also the projector.",
+    )
+    epochs: float = Field(2.0, gt=0, description="Passes over the pairs (Skywork-VL: 2 per phase).")
+    global_batch_size: PositiveInt = Field(
+        256, description="Pairs per optimizer step, all ranks (IXC-2.5: 256)."
+    )
+    micro_batch_size: PositiveInt = Field(
+        1, description="Pairs per forward pass per rank (two sequences each)."
+    )
+    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (IXC-2.5: 1e-5).")
+    warmup_ratio: Fraction = Field(0.03, description="Share of steps with linear warmup; cosine decay after.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_length: PositiveInt = Field(
+        4096, description="Pairs with a scored sequence (prompt + response) longer than this are dropped."
+    )
+    seed: int = Field(0, description="Seed of the data order.")
+    checkpoint_every_steps: PositiveInt = Field(
+        50, description="Optimizer steps between resumable checkpoints."
+    )
+
+
 class VLLMEngineSpec(Section):
     """Options of a vLLM engine (probe generation, RL rollouts)."""
 

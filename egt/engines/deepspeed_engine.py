@@ -77,13 +77,18 @@ def deepspeed_config(
 class JudgeModule(torch.nn.Module):
     """The module DeepSpeed wraps: ``forward(*args) = compute(judge, *args)``.
 
-    The judge's model is its only submodule, so DeepSpeed sees every parameter, and its forward
-    hooks (backward bookkeeping; ZeRO-3 parameter gathering) run for each micro-batch.
+    The judge's model (and a scalar reward model's head) are its submodules, so DeepSpeed sees every
+    parameter, and its forward hooks (backward bookkeeping; ZeRO-3 parameter gathering) run for
+    each micro-batch.
     """
 
-    def __init__(self, judge: HFJudge, compute: Callable[..., Any]) -> None:
+    def __init__(
+        self, judge: HFJudge, compute: Callable[..., Any], head: torch.nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.model = judge.model
+        if head is not None:
+            self.head = head
         self.judge = judge
         self.compute = compute
 
@@ -101,23 +106,32 @@ def initialize(
     learning_rate: float,
     weight_decay: float = 0.0,
     accumulation: int | None = None,
+    head: torch.nn.Module | None = None,
+    external_parameters: Sequence[torch.Tensor] = (),
 ):
-    """The DeepSpeed engine over the judge's model, with AdamW; joins the process group first."""
+    """The DeepSpeed engine over the judge's model (and ``head``), with AdamW over the parameters
+    that require grad (frozen parts stay out of the optimizer); joins the process group first.
+
+    ``external_parameters``: parameters ``compute`` uses outside their module's forward (the SFT
+    loss multiplies by the output embedding chunk by chunk); ZeRO-3 gathers a parameter only for
+    the modules registered as its users.
+    """
     init_process_group(world, judge.device)
     deepspeed = import_deepspeed()
     if spec.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad (the frozen-embedding case).
         judge.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    optimizer = torch.optim.AdamW(judge.model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    module = JudgeModule(judge, compute, head)
+    trained = [parameter for parameter in module.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=learning_rate, weight_decay=weight_decay)
     engine, *_ = deepspeed.initialize(
-        model=JudgeModule(judge, compute),
+        model=module,
         optimizer=optimizer,
         config=deepspeed_config(spec, micro_batch_size, world.world_size, judge.device, accumulation),
     )
     if spec.zero_stage == 3:
-        # The SFT loss multiplies by the output embedding itself, chunk by chunk, not through lm_head's
-        # forward; ZeRO-3 gathers a parameter only for the modules registered as its users.
-        deepspeed.zero.register_external_parameter(engine.module, judge.lm_head_weight)
+        for parameter in external_parameters:
+            deepspeed.zero.register_external_parameter(engine.module, parameter)
     return engine
 
 

@@ -33,6 +33,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,7 +42,7 @@ from egt.engines import checkpoint, deepspeed_engine
 from egt.engines.deepspeed_engine import full_parameters
 from egt.engines.distributed import World, all_reduce_sum, barrier, rank_micro_batches
 from egt.engines.hf import HFJudge, JudgeInput
-from egt.spec import SFTSpec
+from egt.spec import ScalarTrainSpec, SFTSpec
 from egt.storage.store import ArtifactStore
 
 
@@ -132,6 +133,7 @@ def initialize(judge: HFJudge, spec: SFTSpec, world: World):
         learning_rate=spec.learning_rate,
         weight_decay=spec.weight_decay,
         accumulation=accumulation,
+        external_parameters=(judge.lm_head_weight,),
     )
 
 
@@ -145,19 +147,27 @@ class TrainState:
     grad_norms: list[float] = field(default_factory=list)  # before clipping, over all ranks
 
 
+def target_tokens(example: SFTExample) -> int:
+    return len(example.target_ids)
+
+
 def train(
     judge: HFJudge,
     engine,
-    examples: Sequence[SFTExample],
-    spec: SFTSpec,
+    examples: Sequence[Any],
+    spec: SFTSpec | ScalarTrainSpec,
     state: TrainState,
     on_step: Callable[[TrainState], None],
     world: World,
+    size: Callable[[Any], int] = target_tokens,
 ) -> TrainState:
     """Optimizer steps from ``state.step`` to the end; ``on_step`` runs after each, on every rank.
 
-    With fewer examples than a global batch left at the end of the run, the last step takes what
-    remains (module docstring). The loss and grad norm in ``state`` are the same on every rank.
+    ``engine(examples)`` returns a micro-batch's summed loss; a step's loss is that sum over the
+    global batch divided by the batch's ``size`` (its target tokens for SFT; its pair count for a
+    scalar reward model's BT loss). With fewer examples than a global batch left at the end of the
+    run, the last step takes what remains (module docstring). The loss and grad norm in ``state``
+    are the same on every rank.
     """
     accumulation = accumulation_steps(spec, world.world_size)
     per_step = spec.global_batch_size
@@ -166,7 +176,7 @@ def train(
     engine.train()
     for step in range(state.step, steps):
         batch = [examples[i] for i in order[step * per_step : (step + 1) * per_step]]
-        tokens = sum(len(e.target_ids) for e in batch)
+        tokens = sum(size(e) for e in batch)
         lr = lr_at(step, steps, spec.learning_rate, spec.warmup_ratio)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr

@@ -1,0 +1,141 @@
+"""Scalar reward models (egt.engines.scalar): scoring, freezing, saving, and learning the demo's task."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from egt.algorithms.preference import pairwise_accuracy
+from egt.data.synthetic import generate_split
+from egt.engines.distributed import World
+from egt.engines.scalar import (
+    CONFIG_FILE,
+    PreferencePair,
+    Response,
+    ScalarRewardModel,
+    initialize,
+    pair_loss_sum,
+    save_model,
+    train_pairs,
+)
+from egt.engines.sft import TrainState
+from egt.models.loading import load_model
+from egt.spec import ScalarTrainSpec
+from tests.engines.conftest import BLUE, GREEN, RED
+
+ONE = World()
+
+
+def responses() -> list[Response]:
+    return [
+        Response([RED], "What colour is the picture?", "It is red."),
+        Response([BLUE, GREEN], "Which colours?", "Blue, then green, I believe."),
+        Response([], "No picture here.", "Nothing to see."),
+    ]
+
+
+def test_a_new_head_scores_every_response_zero_and_the_first_loss_is_log_2(tiny_dir):
+    model = ScalarRewardModel.from_base(tiny_dir, "last_token", device="cpu")
+    assert model.scores(responses()).tolist() == [0.0, 0.0, 0.0]
+    pair = PreferencePair(responses()[0], responses()[1])
+    assert float(pair_loss_sum(model, [pair]).detach()) == pytest.approx(math.log(2))
+
+
+@pytest.mark.parametrize("pooling", ["last_token", "mean"])
+def test_a_score_does_not_depend_on_the_batch_it_is_in(tiny_dir, pooling):
+    # Left padding, images or none: a response's score is its own, alone or batched.
+    model = ScalarRewardModel.from_base(tiny_dir, pooling, device="cpu")
+    torch.nn.init.normal_(model.head.weight, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        together = model.scores(responses())
+        alone = torch.cat([model.scores([item]) for item in responses()])
+    assert torch.allclose(together, alone, atol=1e-5)
+    assert len(set(together.tolist())) == 3
+
+
+def test_the_scored_text_ends_at_the_responses_end_of_turn(tiny_dir):
+    model = ScalarRewardModel.from_base(tiny_dir, "last_token", device="cpu")
+    batch = model.encode(responses()[:1])
+    text = model.judge.tokenizer.decode(batch["input_ids"][0])
+    assert text.endswith("<|im_start|>assistant\nIt is red.<|im_end|>")
+
+
+def test_frozen_parts_keep_their_weights_and_the_rest_trains(tiny_dir, tmp_path):
+    spec = ScalarTrainSpec(
+        epochs=1, global_batch_size=2, micro_batch_size=2, learning_rate=1e-2, warmup_ratio=0,
+        gradient_checkpointing=False, freeze=["vision", "projector"],
+    )  # fmt: skip
+    model = ScalarRewardModel.from_base(tiny_dir, "mean", frozen=spec.freeze, device="cpu")
+    before = {name: p.detach().clone() for name, p in model.judge.model.named_parameters()}
+    engine = initialize(model, spec, ONE)
+    pairs = [
+        PreferencePair(responses()[0], responses()[1]),
+        PreferencePair(responses()[2], responses()[0]),
+    ] * 2
+    train_pairs(model, engine, pairs, spec, TrainState(0, []), lambda _: None, ONE)
+    changed = {name for name, p in model.judge.model.named_parameters() if not torch.equal(p, before[name])}
+    assert not {name for name in changed if ".visual." in name}
+    assert any("language_model.layers" in name for name in changed)
+    assert float(model.head.weight.abs().sum()) > 0
+    with pytest.raises(ValueError, match=r"cannot freeze \['decoder'\]"):
+        model.freeze(["decoder"])
+
+
+def _pairs(records: list[dict], root: Path) -> list[PreferencePair]:
+    pairs = []
+    for record in records:
+        images = [Image.open(root / path).convert("RGB") for path in record["images"]]
+        chosen, rejected = record["label"], 3 - record["label"]
+        pairs.append(
+            PreferencePair(
+                Response(images, record["query"], record[f"response_{chosen}"]),
+                Response(images, record["query"], record[f"response_{rejected}"]),
+            )
+        )
+    return pairs
+
+
+def test_a_scalar_model_learns_the_demos_task_and_saves_as_a_hugging_face_folder(tiny_dir, tmp_path):
+    """The demo's synthetic colour pairs: the better response names the image's colour. Pairwise
+    accuracy on 120 held-out clean pairs from 50% (a zero head ties every pair) to ≥ 85%; measured
+    97.5% after 75 steps (600 pairs, 2 epochs) in 22 s on one core of the 2-core machine."""
+    data = tmp_path / "data"
+    train = _pairs(generate_split(data, "train", 600, 0), data)
+    held_out = _pairs(generate_split(data, "eval", 120, 0), data)
+    spec = ScalarTrainSpec(
+        epochs=2, global_batch_size=16, micro_batch_size=16, learning_rate=1e-3, warmup_ratio=0.05,
+        gradient_checkpointing=False, freeze=[],
+    )  # fmt: skip
+    model = ScalarRewardModel.from_base(tiny_dir, "last_token", device="cpu")
+
+    def accuracy(pairs: list[PreferencePair]) -> float:
+        with torch.no_grad():
+            chosen = torch.cat(
+                [model.scores([p.chosen for p in pairs[i : i + 40]]) for i in range(0, 120, 40)]
+            )
+            rejected = torch.cat(
+                [model.scores([p.rejected for p in pairs[i : i + 40]]) for i in range(0, 120, 40)]
+            )
+        return pairwise_accuracy(chosen, rejected)
+
+    assert accuracy(held_out) == 0.5
+    engine = initialize(model, spec, ONE)
+    started = time.perf_counter()
+    state = train_pairs(model, engine, train, spec, TrainState(0, []), lambda _: None, ONE)
+    print(f"trained {state.step} steps in {time.perf_counter() - started:.1f} s")
+    assert state.step == 75 and state.losses[0] == pytest.approx(math.log(2), abs=1e-3)
+    learned = accuracy(held_out)
+    assert learned >= 0.85, learned
+
+    save_model(engine, model, tmp_path / "model", ONE)
+    assert (tmp_path / "model" / CONFIG_FILE).exists()
+    assert load_model(tmp_path / "model") is not None  # the backbone loads with transformers alone
+    again = ScalarRewardModel.from_dir(tmp_path / "model", device="cpu")
+    with torch.no_grad():
+        assert torch.allclose(again.scores(responses()), model.scores(responses()), atol=1e-5)
+    assert again.pooling == "last_token"
