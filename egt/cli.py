@@ -1,4 +1,5 @@
-"""``egt``: run a pipeline locally, validate run files, build the tiny model, render reports."""
+"""``egt``: run a pipeline locally, validate run files, build the tiny model, render reports, score
+candidates with a trained reward model."""
 
 from __future__ import annotations
 
@@ -139,6 +140,35 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from egt.engines.best_of_n import score_file
+
+    def say(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr)
+
+    try:
+        summary = score_file(
+            args.model,
+            args.candidates,
+            args.out,
+            tournament=args.tournament,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            device=args.device,
+            dtype=args.dtype,
+            progress=say,
+        )
+    except (ValueError, OSError) as error:
+        print(f"egt score: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"{args.out}: {summary['prompts']} prompts, {summary['candidates']} candidates, {summary['kind']}: "
+        f"{summary['model_calls']} model calls in {summary['seconds']:.1f} s"
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="egt", description="Entropy-Guided Training of reasoning reward models."
@@ -211,6 +241,33 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workdir", type=Path, default=Path(".cache/egt"), help="Local scratch and reports.")
     sweep.add_argument("-q", "--quiet", action="store_true", help="No progress bars.")
     sweep.set_defaults(func=cmd_sweep)
+
+    score = sub.add_parser(
+        "score",
+        help="Best of N: score each prompt's candidate responses with a trained reward model (scalar: one "
+        "pass each; reasoning: a tournament, both orders per comparison).",
+    )
+    score.add_argument(
+        "model", type=Path, help="Model folder: a scalar reward model, or a run's sft/rl model."
+    )
+    score.add_argument(
+        "candidates", type=Path, help='JSON Lines: {"id", "images": [...], "query", "candidates": [...]}.'
+    )
+    score.add_argument("--out", type=Path, required=True, help="JSON Lines of scores and the best candidate.")
+    score.add_argument(
+        "--tournament",
+        choices=["round_robin", "knockout"],
+        default="round_robin",
+        help="Reasoning models: round_robin ranks all, N(N-1) calls; knockout finds the best, 2(N-1) calls.",
+    )
+    score.add_argument(
+        "--max-new-tokens", type=int, default=512, help="Reasoning models: tokens per judgement."
+    )
+    score.add_argument("--batch-size", type=int, default=16, help="Sequences per forward pass.")
+    score.add_argument("--device", default="auto", help="auto, cpu or cuda.")
+    score.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    score.add_argument("-q", "--quiet", action="store_true", help="No per-prompt progress lines.")
+    score.set_defaults(func=cmd_score)
 
     report = sub.add_parser("report", help="Render the Markdown report of a finished run.")
     report.add_argument("file", type=Path)

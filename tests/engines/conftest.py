@@ -6,13 +6,16 @@ near 12 (the demo's first SFT step: 12.4). Tests built on that model could not t
 taken one position off, or a label mask with a few extra tokens, from the right one. The sharp
 copy re-draws the text decoder's weights at a larger, fixed-seed scale, so entropies and per-token
 losses vary from position to position (roughly 3 to 6 nats) and greedy decoding writes a
-different token at every step.
+different token at every step. ``colour_scalar`` is a scalar reward model trained on the demo's
+colour pairs (it learns them in about 20 s).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -125,3 +128,56 @@ def items() -> list[JudgeInput]:
         ),
         JudgeInput([], "Is the sky green? Answer in one word.", "No.", "Yes, it is definitely green today."),
     ]
+
+
+@dataclass
+class TrainedScalar:
+    model_dir: Path
+    steps: int
+    losses: list[float]
+    held_out: list  # PreferencePair: 120 clean pairs never trained on
+    data: Path  # the synthetic images
+
+
+def colour_pairs(records: list[dict], root: Path) -> list:
+    """The demo's synthetic records as (chosen, rejected) pairs for a scalar reward model."""
+    from egt.engines.scalar import PreferencePair, Response
+
+    pairs = []
+    for record in records:
+        images = [Image.open(root / path).convert("RGB") for path in record["images"]]
+        chosen, rejected = record["label"], 3 - record["label"]
+        pairs.append(
+            PreferencePair(
+                Response(images, record["query"], record[f"response_{chosen}"]),
+                Response(images, record["query"], record[f"response_{rejected}"]),
+            )
+        )
+    return pairs
+
+
+@pytest.fixture(scope="package")
+def colour_scalar(tiny_dir, tmp_path_factory) -> TrainedScalar:
+    """A scalar reward model (last-token pooling, nothing frozen) trained on 600 clean synthetic colour
+    pairs for 2 epochs at lr 1e-3: what tests of scoring with a model that knows the task use."""
+    from egt.data.synthetic import generate_split
+    from egt.engines.distributed import World
+    from egt.engines.scalar import ScalarRewardModel, initialize, save_model, train_pairs
+    from egt.engines.sft import TrainState
+    from egt.spec import ScalarTrainSpec
+
+    data = tmp_path_factory.mktemp("colours")
+    train = colour_pairs(generate_split(data, "train", 600, 0), data)
+    held_out = colour_pairs(generate_split(data, "eval", 120, 0), data)
+    spec = ScalarTrainSpec(
+        epochs=2, global_batch_size=16, micro_batch_size=16, learning_rate=1e-3, warmup_ratio=0.05,
+        gradient_checkpointing=False, freeze=[],
+    )  # fmt: skip
+    model = ScalarRewardModel.from_base(tiny_dir, "last_token", device="cpu")
+    engine = initialize(model, spec, World())
+    started = time.perf_counter()
+    state = train_pairs(model, engine, train, spec, TrainState(0, []), lambda _: None, World())
+    print(f"colour_scalar: {state.step} steps in {time.perf_counter() - started:.1f} s")
+    out = tmp_path_factory.mktemp("colour-scalar") / "model"
+    save_model(engine, model, out, World())
+    return TrainedScalar(out, state.step, state.losses, held_out, data)

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import math
-import time
-from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from egt.algorithms.preference import pairwise_accuracy
-from egt.data.synthetic import generate_split
 from egt.engines.distributed import World
 from egt.engines.scalar import (
     CONFIG_FILE,
@@ -20,7 +16,6 @@ from egt.engines.scalar import (
     ScalarRewardModel,
     initialize,
     pair_loss_sum,
-    save_model,
     train_pairs,
 )
 from egt.engines.sft import TrainState
@@ -81,61 +76,27 @@ def test_frozen_parts_keep_their_weights_and_the_rest_trains(tiny_dir, tmp_path)
     changed = {name for name, p in model.judge.model.named_parameters() if not torch.equal(p, before[name])}
     assert not {name for name in changed if ".visual." in name}
     assert any("language_model.layers" in name for name in changed)
-    assert float(model.head.weight.abs().sum()) > 0
+    assert float(model.head.weight.detach().abs().sum()) > 0
     with pytest.raises(ValueError, match=r"cannot freeze \['decoder'\]"):
         model.freeze(["decoder"])
 
 
-def _pairs(records: list[dict], root: Path) -> list[PreferencePair]:
-    pairs = []
-    for record in records:
-        images = [Image.open(root / path).convert("RGB") for path in record["images"]]
-        chosen, rejected = record["label"], 3 - record["label"]
-        pairs.append(
-            PreferencePair(
-                Response(images, record["query"], record[f"response_{chosen}"]),
-                Response(images, record["query"], record[f"response_{rejected}"]),
-            )
-        )
-    return pairs
-
-
-def test_a_scalar_model_learns_the_demos_task_and_saves_as_a_hugging_face_folder(tiny_dir, tmp_path):
+def test_a_scalar_model_learns_the_demos_task_and_saves_as_a_hugging_face_folder(colour_scalar):
     """The demo's synthetic colour pairs: the better response names the image's colour. Pairwise
-    accuracy on 120 held-out clean pairs from 50% (a zero head ties every pair) to ≥ 85%; measured
-    97.5% after 75 steps (600 pairs, 2 epochs) in 22 s on one core of the 2-core machine."""
-    data = tmp_path / "data"
-    train = _pairs(generate_split(data, "train", 600, 0), data)
-    held_out = _pairs(generate_split(data, "eval", 120, 0), data)
-    spec = ScalarTrainSpec(
-        epochs=2, global_batch_size=16, micro_batch_size=16, learning_rate=1e-3, warmup_ratio=0.05,
-        gradient_checkpointing=False, freeze=[],
-    )  # fmt: skip
-    model = ScalarRewardModel.from_base(tiny_dir, "last_token", device="cpu")
-
-    def accuracy(pairs: list[PreferencePair]) -> float:
-        with torch.no_grad():
-            chosen = torch.cat(
-                [model.scores([p.chosen for p in pairs[i : i + 40]]) for i in range(0, 120, 40)]
-            )
-            rejected = torch.cat(
-                [model.scores([p.rejected for p in pairs[i : i + 40]]) for i in range(0, 120, 40)]
-            )
-        return pairwise_accuracy(chosen, rejected)
-
-    assert accuracy(held_out) == 0.5
-    engine = initialize(model, spec, ONE)
-    started = time.perf_counter()
-    state = train_pairs(model, engine, train, spec, TrainState(0, []), lambda _: None, ONE)
-    print(f"trained {state.step} steps in {time.perf_counter() - started:.1f} s")
-    assert state.step == 75 and state.losses[0] == pytest.approx(math.log(2), abs=1e-3)
-    learned = accuracy(held_out)
-    assert learned >= 0.85, learned
-
-    save_model(engine, model, tmp_path / "model", ONE)
-    assert (tmp_path / "model" / CONFIG_FILE).exists()
-    assert load_model(tmp_path / "model") is not None  # the backbone loads with transformers alone
-    again = ScalarRewardModel.from_dir(tmp_path / "model", device="cpu")
+    accuracy on 120 held-out clean pairs from 50% (a zero head ties every pair: the first test) to
+    ≥ 85%; measured 97.5% after 75 steps (600 pairs, 2 epochs) in about 20 s on one core of the
+    2-core machine (the fixture prints its time)."""
+    assert colour_scalar.steps == 75 and colour_scalar.losses[0] == pytest.approx(math.log(2), abs=1e-3)
+    model = ScalarRewardModel.from_dir(colour_scalar.model_dir, device="cpu")
+    held_out = colour_scalar.held_out
     with torch.no_grad():
-        assert torch.allclose(again.scores(responses()), model.scores(responses()), atol=1e-5)
-    assert again.pooling == "last_token"
+        chosen = torch.cat(
+            [model.scores([p.chosen for p in held_out[i : i + 40]]) for i in range(0, 120, 40)]
+        )
+        rejected = torch.cat(
+            [model.scores([p.rejected for p in held_out[i : i + 40]]) for i in range(0, 120, 40)]
+        )
+    learned = pairwise_accuracy(chosen, rejected)
+    assert learned >= 0.85, learned
+    assert (colour_scalar.model_dir / CONFIG_FILE).exists() and model.pooling == "last_token"
+    assert load_model(colour_scalar.model_dir) is not None  # the backbone loads with transformers alone
