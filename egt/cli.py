@@ -169,6 +169,35 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_filter(args: argparse.Namespace) -> int:
+    from egt.engines.filtering import filter_pool
+
+    try:
+        summary = filter_pool(
+            args.model,
+            args.pool,
+            args.out_dir,
+            fraction=args.fraction,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            device=args.device,
+            dtype=args.dtype,
+        )
+    except (ValueError, OSError) as error:
+        print(f"egt filter: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"{args.out_dir}: {summary['flagged']} of {summary['pairs']} pairs flagged ({summary['rule']}, "
+        f"{summary['model']} model); kept.jsonl, flagged.jsonl, summary.json"
+    )
+    for kind, row in summary["by_truth_kind"].items():
+        print(
+            f"  {kind}: {row['flagged']} of {row['pairs']} flagged ({100 * row['share']:.1f}%; "
+            f"a random flagger: {100 * row['random_share']:.1f}%)"
+        )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="egt", description="Entropy-Guided Training of reasoning reward models."
@@ -268,6 +297,27 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     score.add_argument("-q", "--quiet", action="store_true", help="No per-prompt progress lines.")
     score.set_defaults(func=cmd_score)
+
+    flt = sub.add_parser(
+        "filter",
+        help="Data cleaning: flag the pairs of a pool a trained reward model disagrees with; writes the "
+        "pool split into kept.jsonl and flagged.jsonl.",
+    )
+    flt.add_argument("model", type=Path, help="Model folder: a scalar reward model, or a run's sft/rl model.")
+    flt.add_argument("pool", type=Path, help="Native records (JSON Lines), images relative to the file.")
+    flt.add_argument("--out-dir", type=Path, required=True)
+    flt.add_argument(
+        "--fraction",
+        type=float,
+        help="Flag this share of the pool with the lowest margins (default: margin < 0).",
+    )
+    flt.add_argument("--batch-size", type=int, default=16, help="Pairs per forward pass.")
+    flt.add_argument(
+        "--max-new-tokens", type=int, default=512, help="Reasoning models: tokens per judgement."
+    )
+    flt.add_argument("--device", default="auto", help="auto, cpu or cuda.")
+    flt.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    flt.set_defaults(func=cmd_filter)
 
     report = sub.add_parser("report", help="Render the Markdown report of a finished run.")
     report.add_argument("file", type=Path)

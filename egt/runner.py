@@ -11,18 +11,22 @@ import logging
 import time
 from pathlib import Path
 
-from egt.spec import EGTRun
+from egt.spec import EGTRun, EGTRunSpec
 from egt.stages.base import StageOutcome, already_done, execute_stage, merge_parts
-from egt.stages.pipeline import PIPELINE, get_stage
+from egt.stages.pipeline import get_stage
 from egt.storage.store import ArtifactStore, open_store
 
 log = logging.getLogger(__name__)
 
 
-def select_stages(start: str | None = None, stop: str | None = None) -> list[str]:
-    names = [stage.name for stage in PIPELINE]
-    first = names.index(get_stage(start).name) if start else 0
-    last = names.index(get_stage(stop).name) if stop else len(names) - 1
+def select_stages(spec: EGTRunSpec, start: str | None = None, stop: str | None = None) -> list[str]:
+    """The run's stages (``spec.stages``: they depend on its kind) from ``start`` to ``stop``."""
+    names = list(spec.stages)
+    for given in (start, stop):
+        if given is not None and get_stage(given).name not in names:
+            raise ValueError(f"stage {given} is not part of this run (kind {spec.kind}: {', '.join(names)})")
+    first = names.index(start) if start else 0
+    last = names.index(stop) if stop else len(names) - 1
     if first > last:
         raise ValueError(f"--from {start} comes after --until {stop}")
     return names[first : last + 1]
@@ -40,7 +44,7 @@ def run_local(
     """Run the selected stages in order; returns the store and what happened to each stage."""
     store = open_store(run.spec.store.uri, run.spec.store.endpoint_url)
     outcomes = []
-    for name in select_stages(start, stop):
+    for name in select_stages(run.spec, start, stop):
         began = time.monotonic()
         echo(f"▶ {name}")
         stage, forced = get_stage(name), name in force or "all" in force

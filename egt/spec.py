@@ -15,12 +15,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 API_VERSION = "egt.dev/v1alpha1"
 KIND = "EGTRun"
-STAGES = ("prepare", "annotate", "sft", "probe", "curate", "rl", "evaluate")
-StageName = Literal["prepare", "annotate", "sft", "probe", "curate", "rl", "evaluate"]
+STAGES = ("prepare", "annotate", "sft", "probe", "curate", "rl", "scalar", "evaluate")
+StageName = Literal["prepare", "annotate", "sft", "probe", "curate", "rl", "scalar", "evaluate"]
+RunKind = Literal["reasoning", "scalar"]
+# The stages of each kind of run, in order (see EGTRunSpec.stages): a scalar reward model is trained
+# straight on the preference pairs, with no teacher, probe, curation or RL.
+SCALAR_STAGES = ("prepare", "scalar", "evaluate")
 SINGLE_POD_STAGES = ("prepare", "annotate", "curate", "evaluate")
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -200,8 +212,8 @@ class DataSpec(Section):
         given = self.sft is not None or self.rl is not None or bool(self.eval)
         if self.synthetic is not None and given:
             raise ValueError("data.synthetic excludes data.sft, data.rl and data.eval")
-        if self.synthetic is None and (self.sft is None or self.rl is None):
-            raise ValueError("set data.sft and data.rl, or data.synthetic")
+        if self.synthetic is None and self.sft is None:
+            raise ValueError("set data.sft (and data.rl for a reasoning run), or data.synthetic")
         for name in self.eval:
             if name in ("sft", "rl") or not EVAL_SET_NAME.fullmatch(name):
                 raise ValueError(
@@ -307,8 +319,10 @@ class SFTSpec(DeepSpeedSpec):
 
 
 class ScalarTrainSpec(DeepSpeedSpec):
-    """A scalar reward model's training: a linear head on the VLM, Bradley–Terry loss over preference
-    pairs (the Skywork-VL Reward and IXC-2.5-Reward baselines; egt.engines.scalar)."""
+    """The scalar stage: a scalar reward model trained on the SFT pool's preference pairs, a linear
+    head on the VLM and the Bradley–Terry loss (the Skywork-VL Reward and IXC-2.5-Reward baselines;
+    egt.engines.scalar). It runs in a kind 'scalar' run, and in a reasoning run that lists 'scalar'
+    in evaluate.models (the baseline beside the reasoning model)."""
 
     pooling: Literal["last_token", "mean"] = Field(
         "last_token",
@@ -519,8 +533,11 @@ class RLSpec(DeepSpeedSpec):
 class EvaluateSpec(Section):
     """Stage 6: accuracy in both response orders, position bias, Voting@K."""
 
-    models: list[Literal["sft", "rl"]] = Field(
-        default_factory=lambda: ["sft", "rl"], description="Checkpoints to evaluate, side by side."
+    models: list[Literal["sft", "rl", "scalar"]] = Field(
+        default_factory=lambda: ["sft", "rl"],
+        description="Models to evaluate, side by side: the reasoning run's sft and rl, and 'scalar' (the "
+        "scalar reward model baseline, trained on the same SFT pool). A kind 'scalar' run evaluates "
+        "[scalar], its default.",
     )
     both_orders: bool = Field(True, description="Score every pair in both response orders (position bias).")
     max_new_tokens: PositiveInt = Field(1024, description="Generation budget per answer.")
@@ -662,8 +679,8 @@ class ClusterSpec(Section):
         for stage in SINGLE_POD_STAGES:
             if stage in resources and resources[stage].nodes != 1:
                 raise ValueError(
-                    f"cluster.resources.{stage}.nodes: {stage} runs in one pod; only sft, probe and rl "
-                    "spread over nodes"
+                    f"cluster.resources.{stage}.nodes: {stage} runs in one pod; only sft, probe, rl and "
+                    "scalar spread over nodes"
                 )
         return resources
 
@@ -699,6 +716,12 @@ class EGTRunSpec(Section):
 
     store: StoreSpec = Field(default_factory=StoreSpec, description="Where artifacts go.")
     model: ModelSpec = Field(description="The base judge model.")
+    kind: RunKind = Field(
+        "reasoning",
+        description="reasoning: the EGT pipeline (prepare, annotate, sft, probe, curate, rl, evaluate; plus "
+        "scalar when evaluate.models lists it). scalar: a scalar reward model alone (prepare, scalar, "
+        "evaluate), trained on data.sft's pairs.",
+    )
     data: DataSpec = Field(description="SFT pool, RL pool and evaluation sets.")
     annotate: AnnotateSpec = Field(default_factory=AnnotateSpec, description="Stage 1: teacher trajectories.")
     sft: SFTSpec = Field(default_factory=SFTSpec, description="Stage 2: supervised fine-tuning.")
@@ -706,6 +729,9 @@ class EGTRunSpec(Section):
     curate: CurateSpec = Field(default_factory=CurateSpec, description="Stage 4: entropy-guided curation.")
     rl: RLSpec = Field(
         default_factory=RLSpec, description="Stage 5: StableReinforce with an entropy curriculum."
+    )
+    scalar: ScalarTrainSpec = Field(
+        default_factory=ScalarTrainSpec, description="A scalar reward model (the baselines), Bradley–Terry."
     )
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec, description="Stage 6: evaluation.")
     metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Prometheus metrics.")
@@ -718,6 +744,34 @@ class EGTRunSpec(Section):
         "to false to continue. The local runner ignores it.",
     )
 
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages this run runs, in order: a reasoning run's, with the scalar baseline only when
+        evaluate.models lists it; a scalar run's prepare, scalar, evaluate."""
+        if self.kind == "scalar":
+            return SCALAR_STAGES
+        return tuple(s for s in STAGES if s != "scalar" or "scalar" in self.evaluate.models)
+
+    @model_validator(mode="after")
+    def _scalar_runs_evaluate_their_model(self) -> EGTRunSpec:
+        if self.kind == "scalar":
+            if "models" not in self.evaluate.model_fields_set:
+                self.evaluate.models = ["scalar"]
+            elif self.evaluate.models != ["scalar"]:
+                raise ValueError(
+                    "kind 'scalar' trains no sft or rl model: evaluate.models must be [scalar] (or left out)"
+                )
+        return self
+
+    @field_validator("data")
+    @classmethod
+    def _a_reasoning_run_has_an_rl_pool(cls, data: DataSpec, info: ValidationInfo) -> DataSpec:
+        if info.data.get("kind") == "reasoning" and data.synthetic is None and data.rl is None:
+            raise ValueError(
+                "set data.sft and data.rl, or data.synthetic (only a kind 'scalar' run needs no rl)"
+            )
+        return data
+
     @model_validator(mode="after")
     def _no_rl_model_to_evaluate(self) -> EGTRunSpec:
         if not self.rl.enabled and "rl" in self.evaluate.models:
@@ -726,7 +780,8 @@ class EGTRunSpec(Section):
 
     @model_validator(mode="after")
     def _annotate_needs_a_teacher_for_real_data(self) -> EGTRunSpec:
-        if self.annotate.teacher.kind == "scripted" and self.data.synthetic is None:
+        annotates = self.kind == "reasoning"
+        if annotates and self.annotate.teacher.kind == "scripted" and self.data.synthetic is None:
             raise ValueError("annotate.teacher.kind 'scripted' only reads synthetic images; use 'openai'")
         return self
 

@@ -380,6 +380,7 @@ def test_resolved_dump_contains_every_default():
     assert resolved["apiVersion"] == "egt.dev/v1alpha1"
     assert set(resolved["spec"]) == {
         "store",
+        "kind",
         "model",
         "data",
         "annotate",
@@ -387,6 +388,7 @@ def test_resolved_dump_contains_every_default():
         "probe",
         "curate",
         "rl",
+        "scalar",
         "evaluate",
         "metrics",
         "cluster",
@@ -397,7 +399,32 @@ def test_resolved_dump_contains_every_default():
 
 
 def test_stages_are_in_pipeline_order():
-    assert STAGES == ("prepare", "annotate", "sft", "probe", "curate", "rl", "evaluate")
+    assert STAGES == ("prepare", "annotate", "sft", "probe", "curate", "rl", "scalar", "evaluate")
+
+
+def test_a_run_kind_decides_its_stages():
+    reasoning = parse_run(MINIMAL).spec
+    assert reasoning.stages == ("prepare", "annotate", "sft", "probe", "curate", "rl", "evaluate")
+    with_baseline = parse_run(doc(evaluate={"models": ["sft", "rl", "scalar"]})).spec
+    assert with_baseline.stages == STAGES
+    scalar = parse_run(doc(kind="scalar")).spec
+    assert scalar.stages == ("prepare", "scalar", "evaluate")
+    assert scalar.evaluate.models == ["scalar"]  # its default
+
+
+def test_a_scalar_run_evaluates_only_its_model_and_needs_no_rl_pool():
+    assert "kind 'scalar' trains no sft or rl model: evaluate.models must be [scalar]" in spec_error(
+        doc(kind="scalar", evaluate={"models": ["sft", "scalar"]})
+    )
+    real = {"sft": REAL_DATA["sft"], "eval": {"vl": {"uri": "s3://b/vl.parquet", "format": "vl-rewardbench"}}}
+    assert parse_run(doc(kind="scalar", data=real)).spec.data.rl is None  # no teacher either
+    assert "only a kind 'scalar' run needs no rl" in spec_error(
+        doc(data=real, annotate={"teacher": OPENAI_TEACHER})
+    )
+    assert "cannot freeze" not in spec_error(
+        doc(scalar={"freeze": ["decoder"]})
+    )  # pydantic names the choices
+    assert "scalar.freeze.0" in spec_error(doc(scalar={"freeze": ["decoder"]}))
 
 
 # --- the JSON schema: what kubectl explain shows, and no room for secrets ---------------------------------

@@ -102,11 +102,11 @@ def lr_at(step: int, total_steps: int, peak: float, warmup_ratio: float) -> floa
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def total_steps(num_examples: int, spec: SFTSpec) -> int:
+def total_steps(num_examples: int, spec: SFTSpec | ScalarTrainSpec) -> int:
     return math.ceil(round(spec.epochs * num_examples) / spec.global_batch_size)
 
 
-def accumulation_steps(spec: SFTSpec, world_size: int) -> int:
+def accumulation_steps(spec: SFTSpec | ScalarTrainSpec, world_size: int) -> int:
     """Micro-batches per rank per optimizer step: global batch / (micro-batch × world size)."""
     per_pass = spec.micro_batch_size * world_size
     if spec.global_batch_size % per_pass:

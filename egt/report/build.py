@@ -37,7 +37,7 @@ from egt.report.effect import (
 )
 from egt.report.markdown import table
 from egt.scoring.benchmarks import VL_REWARDBENCH
-from egt.spec import STAGES, EGTRun
+from egt.spec import EGTRun
 from egt.stages.base import ATTEMPT_FILE
 from egt.storage.manifest import Manifest, manifest_digest, manifest_key, read_manifest
 from egt.storage.records import read_records
@@ -337,8 +337,8 @@ def effect_numbers(ctx: Context) -> dict[str, Any] | None:
             numbers["rl_reward_first_quarter"], numbers["rl_reward_last_quarter"] = trend
     if ctx.manifest("evaluate") is not None:
         results = ctx.store.read_json(ctx.output("evaluate", "results"))
-        for model in ("sft", "rl"):
-            for name, scores in results.get(model, {}).items():
+        for model, sets in results.items():
+            for name, scores in sets.items():
                 numbers[f"eval_{model}_{name}_accuracy"] = scores.get("accuracy")
                 numbers[f"eval_{model}_{name}_pairs"] = scores.get("pairs")
     return numbers
@@ -784,7 +784,7 @@ def write_report(store: ArtifactStore, run: EGTRun, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in (*PLOTS, EFFECT_FILE):
         (out_dir / name).unlink(missing_ok=True)
-    stages = {name: stage_view(store, run.name, name) for name in STAGES}
+    stages = {name: stage_view(store, run.name, name) for name in run.spec.stages}
     ctx = Context(store, run, out_dir, stages)
     lines = [f"# EGT run report: `{run.name}`", ""]
     for section in SECTIONS:

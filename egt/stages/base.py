@@ -99,7 +99,9 @@ class MissingUpstreamError(RuntimeError):
 @dataclass(frozen=True)
 class Stage:
     name: str
-    inputs: tuple[str, ...]
+    # Upstream stages whose manifests are part of this stage's identity; a function of the spec when
+    # they depend on it (evaluate reads the models evaluate.models names).
+    inputs: tuple[str, ...] | Callable[[EGTRunSpec], tuple[str, ...]]
     # Everything besides the upstream manifests that determines the stage's output: spec sections,
     # and for the prepare stage the digests of external datasets.
     fingerprint: Callable[[EGTRunSpec], Any]
@@ -109,6 +111,9 @@ class Stage:
     merge: Callable[[StageContext, list[Manifest]], StageResult] | None = None
     # How many of those parts one pod runs at once (each a process on its own GPUs).
     replicas: Callable[[EGTRunSpec], int] | None = None
+
+    def upstreams(self, spec: EGTRunSpec) -> tuple[str, ...]:
+        return self.inputs(spec) if callable(self.inputs) else self.inputs
 
     def part_count(self, spec: EGTRunSpec) -> int:
         return self.parts(spec) if self.parts else 1
@@ -134,7 +139,7 @@ class StageOutcome:
 def stage_identity(stage: Stage, run: EGTRun, store: ArtifactStore) -> tuple[str, dict[str, str]]:
     """(config hash, upstream manifest digests): equal identities produce equal outputs."""
     inputs = {}
-    for upstream in stage.inputs:
+    for upstream in stage.upstreams(run.spec):
         if read_manifest(store, run.name, upstream) is None:
             raise MissingUpstreamError(stage.name, upstream, store.uri_for(f"{run.name}/{upstream}"))
         inputs[upstream] = manifest_digest(store, run.name, upstream)

@@ -4,6 +4,10 @@ Every pair is judged as given and with its responses swapped (label swapped too)
 prefers a position cannot look better than it is; ``position_bias`` reports that preference as the
 share of "1" answers minus one half. With ``voting_k`` > 1 each order is answered by the majority of
 K sampled outputs (Voting@K, R1-Reward); a tie counts as no answer.
+
+A scalar reward model (``scalar`` in evaluate.models) scores each response alone and prefers the
+higher score (an exact tie is no answer); its "output" records the two scores. Order cannot matter
+to it, and the same tables show that.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+import torch
+
 from egt.engines.hf import HFJudge, JudgeInput
+from egt.engines.scalar import Response, ScalarRewardModel
 from egt.judge import is_well_formed, parse_answer, swap_label
 from egt.scoring.benchmarks import score_benchmark
 from egt.spec import EvaluateSpec
@@ -57,21 +64,39 @@ def judge_order(judge: HFJudge, items: list[JudgeInput], spec: EvaluateSpec, see
     ]
 
 
+def scalar_order(
+    model: ScalarRewardModel, items: list[JudgeInput], spec: EvaluateSpec, seed: int
+) -> list[dict]:
+    """A scalar reward model's judgement of each pair: the response with the higher score."""
+    with torch.no_grad():
+        first = model.scores([Response(i.images, i.question, i.response_1) for i in items]).tolist()
+        second = model.scores([Response(i.images, i.question, i.response_2) for i in items]).tolist()
+    return [
+        {
+            "output": f"scores {a:.6g} {b:.6g}",
+            "prediction": 1 if a > b else 2 if b > a else None,
+            "well_formed": True,
+        }
+        for a, b in zip(first, second, strict=True)
+    ]
+
+
 def evaluate_pairs(
-    judge: HFJudge,
+    judge: HFJudge | ScalarRewardModel,
     records: list[dict],
     to_input: Callable[[dict], JudgeInput],
     spec: EvaluateSpec,
     progress: Callable[[int], None] = lambda n: None,
 ) -> tuple[list[dict], dict]:
     """Per-pair predictions in each order, and the summary (accuracy per order, bias, consistency)."""
+    judge_batch = scalar_order if isinstance(judge, ScalarRewardModel) else judge_order
     orders = ["original", "swapped"] if spec.both_orders else ["original"]
     rows = [{"id": r["id"], "label": r["label"], **{k: r.get(k) for k in SCORING_FIELDS}} for r in records]
     for start in range(0, len(records), spec.batch_size):
         batch = records[start : start + spec.batch_size]
         items = [to_input(r) for r in batch]
         for order in orders:
-            judged = judge_order(
+            judged = judge_batch(
                 judge, items if order == "original" else [swapped(i) for i in items], spec, start
             )
             for offset, result in enumerate(judged):
@@ -124,7 +149,8 @@ def run(ctx: StageContext) -> StageResult:
     results: dict[str, dict[str, dict]] = {}
     outputs = {}
     for model_name in spec.models:
-        judge = HFJudge.from_dir(model_dir(ctx, model_name), ctx.spec.model.dtype, ctx.spec.model.device)
+        load = ScalarRewardModel.from_dir if model_name == "scalar" else HFJudge.from_dir
+        judge = load(model_dir(ctx, model_name), ctx.spec.model.dtype, ctx.spec.model.device)
         for set_name, records in sets.items():
             with bar(
                 len(records), f"evaluate {model_name}/{set_name}", ctx.progress, unit="pair"

@@ -67,6 +67,11 @@ def rl(spec: EGTRunSpec) -> dict:
     return {"rl": rl, "dtype": spec.model.dtype}
 
 
+def scalar(spec: EGTRunSpec) -> dict:
+    # As for sft, the number of processes is not part of it.
+    return {"scalar": spec.scalar.model_dump(mode="json"), "dtype": spec.model.dtype}
+
+
 def evaluate(spec: EGTRunSpec) -> dict:
     return spec.evaluate.model_dump(mode="json")
 
@@ -78,6 +83,7 @@ _SETTINGS = {
     "probe": probe,
     "curate": curate,
     "rl": rl,
+    "scalar": scalar,
     "evaluate": evaluate,
 }
 

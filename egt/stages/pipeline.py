@@ -39,14 +39,16 @@ PIPELINE: tuple[Stage, ...] = (
     ),
     Stage("curate", ("probe",), fingerprints.curate, _in("curate")),
     Stage("rl", ("sft", "curate"), fingerprints.rl, _in("rl")),
-    Stage("evaluate", ("prepare", "sft", "rl"), fingerprints.evaluate, _in("evaluate")),
+    Stage("scalar", ("prepare",), fingerprints.scalar, _in("scalar")),
+    # evaluate depends on the models it evaluates (each stage of evaluate.models) and the eval sets.
+    Stage("evaluate", lambda s: ("prepare", *s.evaluate.models), fingerprints.evaluate, _in("evaluate")),
 )
 STAGES = {stage.name: stage for stage in PIPELINE}
 
 
 def merge_missing_upstreams(stage: Stage, run: EGTRun, store: ArtifactStore, workdir: Path) -> None:
     """Join a fanned-out upstream's finished parts (on a cluster, the next stage's job does this)."""
-    for name in stage.inputs:
+    for name in stage.upstreams(run.spec):
         upstream = STAGES[name]
         unmerged = upstream.part_count(run.spec) > 1 and read_manifest(store, run.name, name) is None
         if unmerged and already_done(upstream, run, store) is None:

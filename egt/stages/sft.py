@@ -29,6 +29,7 @@ from egt.engines.sft import (
     total_steps,
     train,
 )
+from egt.spec import ScalarTrainSpec, SFTSpec
 from egt.stages.base import StageContext, StageResult
 from egt.stages.data import ImageLoader, model_dir
 from egt.stages.progress import bar
@@ -54,6 +55,21 @@ def build_examples(ctx: StageContext, judge: HFJudge, records: list[dict]) -> tu
             continue
         examples.append(example)
     return examples, too_long
+
+
+def write_history(ctx: StageContext, state: TrainState, steps: int, spec: SFTSpec | ScalarTrainSpec) -> None:
+    """The stage's ``losses.json`` and ``history.json`` (loss, grad norm and learning rate per step)."""
+    history = [
+        {
+            "step": step + 1,
+            "loss": loss,
+            "grad_norm": norm,
+            "lr": lr_at(step, steps, spec.learning_rate, spec.warmup_ratio),
+        }
+        for step, (loss, norm) in enumerate(zip(state.losses, state.grad_norms, strict=True))
+    ]
+    ctx.store.write_text(ctx.key("losses.json"), json.dumps(state.losses))
+    ctx.store.write_json(ctx.key("history.json"), history)
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -105,17 +121,7 @@ def train_stage(ctx: StageContext, current: World) -> StageResult:
     save_model(engine, judge, final, current)
     if current.is_main:
         ctx.store.upload_dir(final, ctx.key("model"))
-        history = [
-            {
-                "step": step + 1,
-                "loss": loss,
-                "grad_norm": norm,
-                "lr": lr_at(step, steps, spec.learning_rate, spec.warmup_ratio),
-            }
-            for step, (loss, norm) in enumerate(zip(state.losses, state.grad_norms, strict=True))
-        ]
-        ctx.store.write_text(ctx.key("losses.json"), json.dumps(state.losses))
-        ctx.store.write_json(ctx.key("history.json"), history)
+        write_history(ctx, state, steps, spec)
     return StageResult(
         outputs={"model": "model", "losses": "losses.json", "history": "history.json"},
         counts={

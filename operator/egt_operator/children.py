@@ -357,8 +357,9 @@ def single_job(run: Run, stage: str) -> list[dict[str, Any]]:
     return [_job(run, stage, child_name(run.name, stage), stage_command(stage))]
 
 
-def sft(run: Run) -> list[dict[str, Any]]:
-    """SFT over ``nodes`` pods: a headless Service, then an Indexed Job running torchrun on each.
+def torchrun_stage(run: Run, stage: str) -> list[dict[str, Any]]:
+    """A trainer (sft, scalar) over ``nodes`` pods: a headless Service, then an Indexed Job running
+    torchrun on each.
 
     Pod ``i`` is node ``i`` (``--node-rank=$(JOB_COMPLETION_INDEX)``) and resolves as
     ``<job>-<i>.<service>`` through the Service named in its ``subdomain``; pod 0 hosts the
@@ -368,20 +369,25 @@ def sft(run: Run) -> list[dict[str, Any]]:
     code path. ``backoffLimit: 0`` fails the Job, and stops the other nodes, at the first failed
     pod: one torchrun world cannot continue without a member.
     """
-    res = resources(run, "sft")
+    res = resources(run, stage)
     # Pod hostnames are <job>-<index>: leave room for the index within a 63-character label.
-    name = child_name(run.name, "sft", limit=62 - len(str(res.nodes - 1)))
+    name = child_name(run.name, stage, limit=62 - len(str(res.nodes - 1)))
     command = torchrun_command(
-        res.nodes, max(res.gpus_per_node, 1), f"{name}-0.{name}", DEFAULT_PORT, SPEC_PATH
+        res.nodes,
+        max(res.gpus_per_node, 1),
+        f"{name}-0.{name}",
+        DEFAULT_PORT,
+        SPEC_PATH,
+        module=f"jobs.{stage}",
     )
     service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(run, name, "sft"),
+        "metadata": _metadata(run, name, stage),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": {RUN_LABEL: run.name, STAGE_LABEL: "sft"},
+            "selector": {RUN_LABEL: run.name, STAGE_LABEL: stage},
             "ports": [{"name": "rendezvous", "port": DEFAULT_PORT, "targetPort": DEFAULT_PORT}],
         },
     }
@@ -391,7 +397,7 @@ def sft(run: Run) -> list[dict[str, Any]]:
         "parallelism": res.nodes,
         "backoffLimit": 0,
     }
-    return [service, _job(run, "sft", name, command, indexed, {"subdomain": name})]
+    return [service, _job(run, stage, name, command, indexed, {"subdomain": name})]
 
 
 def probe(run: Run) -> list[dict[str, Any]]:
@@ -496,11 +502,12 @@ def rl(run: Run) -> list[dict[str, Any]]:
 _RENDERERS = {
     "prepare": lambda run: single_job(run, "prepare"),
     "annotate": lambda run: single_job(run, "annotate"),
-    "sft": sft,
+    "sft": lambda run: torchrun_stage(run, "sft"),
     "probe": probe,
     "curate": lambda run: single_job(run, "curate"),
     # With RL off the stage only records that; a plain Job, no Ray cluster.
     "rl": lambda run: rl(run) if run.spec.rl.enabled else single_job(run, "rl"),
+    "scalar": lambda run: torchrun_stage(run, "scalar"),
     "evaluate": lambda run: single_job(run, "evaluate"),
 }
 

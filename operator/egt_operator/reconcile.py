@@ -5,7 +5,7 @@ an in-memory index, the store's verdict on a stage) and carry out the returned :
 (create and delete children, patch the status, post Events). Every decision lives here, so it can
 be read and tested without a cluster.
 
-The walk, in stage order (egt.spec.STAGES):
+The walk, in stage order (the run's own stages, ``EGTRunSpec.stages``: they depend on its kind):
 
 - a stage already Succeeded or Skipped is passed;
 - a Failed stage fails the run (condition Succeeded=False, reason StageFailed) until a retry;
@@ -209,6 +209,7 @@ def reconcile(
         condition("Progressing", "False", "InvalidSpec", "the spec is invalid")
         plan.events.append(("Warning", "InvalidSpec", str(error)))
         return finish(str(error).splitlines()[0])
+    stages = {name: stages[name] for name in run.spec.stages}  # the status lists this run's stages only
 
     if status.get("observedGeneration") not in (None, generation):
         for name, stage in stages.items():
@@ -227,7 +228,7 @@ def reconcile(
                 plan.events.append(("Normal", "Retry", f"{name}: retrying ({RETRY_ANNOTATION}={retry})"))
     deleting = {child["metadata"]["name"] for child in plan.delete}
 
-    for name in STAGES:
+    for name in run.spec.stages:
         stage = stages[name]
         if stage["state"] in DONE:
             continue

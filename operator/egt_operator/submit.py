@@ -187,7 +187,8 @@ def render_status(run: Mapping[str, Any]) -> str:
     """A plain-text table of the run's stages, then its conditions."""
     status = run.get("status") or {}
     rows = [("STAGE", "STATE", "CHILD", "STARTED", "ENDED", "MESSAGE")]
-    for stage in STAGES:
+    listed = status.get("stages") or {}
+    for stage in [name for name in STAGES if name in listed]:  # the run's own stages (its kind's)
         entry = (status.get("stages") or {}).get(stage) or {}
         rows.append(
             (

@@ -162,8 +162,18 @@ def test_children_per_stage_in_creation_order(run):
         "probe": ["ConfigMap", "Job"],
         "curate": ["ConfigMap", "Job"],
         "rl": ["ConfigMap", "RayJob"],
+        "scalar": ["ConfigMap", "Service", "Job"],  # a trainer like sft: torchrun on every node
         "evaluate": ["ConfigMap", "Job"],
     }
+
+
+def test_the_trainers_run_their_own_module_under_torchrun():
+    run = RUNS["tiny"]()
+    for stage in ("sft", "scalar"):
+        job = only(render(run, stage), "Job")
+        command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert command[0] == "torchrun" and command[command.index("-m") + 1] == f"jobs.{stage}"
+        assert job["metadata"]["name"] == f"{run.name}-{stage}"
 
 
 def test_unknown_stage():

@@ -215,7 +215,7 @@ def test_types_enums_bounds_and_optionals_survive_conversion():
     tiny = spec["model"]["properties"]["tiny"]
     assert tiny["nullable"] and tiny["type"] == "object" and "hidden_size" in tiny["properties"]
     assert spec["model"]["properties"]["tiny"]["properties"]["hidden_size"]["multipleOf"] == 32
-    assert spec["evaluate"]["properties"]["models"]["items"]["enum"] == ["sft", "rl"]
+    assert spec["evaluate"]["properties"]["models"]["items"]["enum"] == ["sft", "rl", "scalar"]
     assert spec_schema()["required"] == ["model", "data", "store"]
 
 

@@ -96,6 +96,22 @@ def test_a_run_walks_every_stage_in_order_one_child_at_a_time():
     assert [e[1] for e in cluster.events].count("RunSucceeded") == 1  # no repeat on later passes
 
 
+def test_a_scalar_run_walks_its_own_stages_and_lists_only_them():
+    cluster = Cluster()
+    cluster.body["spec"]["kind"] = "scalar"
+    cluster.body["spec"]["evaluate"].pop("models")
+    for stage in ("prepare", "scalar", "evaluate"):
+        plan = cluster.step()
+        assert cluster.state(stage) == "Running"
+        [watched] = [o for o in plan.create if o["kind"] in ("Job", "RayJob")]
+        cluster.finish(watched["metadata"]["name"])
+        cluster.current.add(stage)
+    cluster.step()
+    assert cluster.created == ["tiny-demo-prepare", "tiny-demo-scalar", "tiny-demo-evaluate"]
+    assert list(cluster.body["status"]["stages"]) == ["prepare", "scalar", "evaluate"]
+    assert cluster.condition("Succeeded")["status"] == "True"
+
+
 def test_current_stages_are_skipped_without_a_child():
     cluster = Cluster()
     cluster.current = {"prepare", "annotate"}

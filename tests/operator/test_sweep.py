@@ -120,8 +120,10 @@ def test_a_sweep_computes_each_shared_stage_once(
     for run in runs.values():
         assert f"egtrun/{run.name} succeeded" in done.stdout
 
-    # One child per shared stage in all; curation onwards once per arm.
-    assert created == {"prepare": 1, "annotate": 1, "sft": 1, "probe": 1, "curate": 3, "rl": 3, "evaluate": 3}
+    # One child per shared stage in all (the scalar baseline reads only prepare's pools); curation,
+    # rl and evaluate once per arm.
+    shared = ("prepare", "annotate", "sft", "probe", "scalar")
+    assert created == dict.fromkeys(shared, 1) | {"curate": 3, "rl": 3, "evaluate": 3}
     runs_api = k8s.CustomObjectsApi(kube_client)
     states = {}
     for run in runs.values():
@@ -134,7 +136,7 @@ def test_a_sweep_computes_each_shared_stage_once(
     # Each shared stage: computed by one run (whichever got there first), Skipped in the others,
     # which point at that run's outputs: referenced, not copied.
     store = open_store(store_uri)
-    for stage in ("prepare", "annotate", "sft", "probe"):
+    for stage in shared:
         computed = [name for name, s in states.items() if s[stage] == "Succeeded"]
         assert len(computed) == 1 and sorted(s[stage] for s in states.values()) == [
             "Skipped",

@@ -35,7 +35,14 @@ SMALL_RUN = {
             "updates_per_batch": 2,
             "checkpoint_every_steps": 1,
         },
-        "evaluate": {"models": ["sft", "rl"], "max_new_tokens": 12, "batch_size": 6},
+        "scalar": {
+            "epochs": 1,
+            "global_batch_size": 8,
+            "micro_batch_size": 4,
+            "learning_rate": 1e-3,
+            "checkpoint_every_steps": 1,
+        },
+        "evaluate": {"models": ["sft", "rl", "scalar"], "max_new_tokens": 12, "batch_size": 6},
     },
 }
 

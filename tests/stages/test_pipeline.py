@@ -40,7 +40,9 @@ def test_whole_pipeline_on_s3_then_skips_then_reruns_what_a_change_touches(
     history = json.loads(store.read_text("small/rl/history.json"))
     assert [h["step"] for h in history] == [1, 2]
     results = store.read_json("small/evaluate/results.json")
-    assert set(results) == {"sft", "rl"} and results["rl"]["eval"]["pairs"] == 6
+    assert set(results) == {"sft", "rl", "scalar"} and results["rl"]["eval"]["pairs"] == 6
+    scalar = results["scalar"]["eval"]  # scores each response alone: the order cannot matter
+    assert scalar["accuracy_original"] == scalar["accuracy_swapped"] and scalar["order_consistency"] == 1.0
     assert read_manifest(store, "small", "evaluate").outputs["results"] == "results.json"
 
     report = write_report(store, run, tmp_path / "report")
@@ -59,6 +61,7 @@ def test_whole_pipeline_on_s3_then_skips_then_reruns_what_a_change_touches(
         "probe": "skipped",
         "curate": "succeeded",
         "rl": "succeeded",
+        "scalar": "skipped",
         "evaluate": "succeeded",
     }
     assert len(read_records(store, "small/curate/curated.jsonl")) == 5
