@@ -37,7 +37,10 @@ VL_COLUMNS = dict(zip(VL_CATEGORIES, TABLE2_COLUMNS[:3], strict=True))
 
 
 def arm_model(run: EGTRun) -> str:
-    """The model whose evaluation is the arm's result: "rl", or "sft" when the arm runs no RL."""
+    """The model whose evaluation is the arm's result: "rl", "sft" when the arm runs no RL, "scalar"
+    for a kind 'scalar' arm (a sweep can set the two kinds side by side)."""
+    if run.spec.kind == "scalar":
+        return "scalar"
     return "rl" if run.spec.rl.enabled else "sft"
 
 

@@ -31,7 +31,8 @@ def vl_rows(right: int, pairs: int = 20) -> list[dict]:
 
 def test_the_tiny_sweep_validates():
     _, runs = load_sweep(EXAMPLES / "ablations-tiny.yaml")
-    assert len(runs) == 14 and runs["sft"].spec.rl.enabled is False
+    assert len(runs) == 15 and runs["sft"].spec.rl.enabled is False
+    assert runs["scalar"].spec.stages == ("prepare", "scalar", "evaluate")
     assert all(run.spec.probe.correctness_samples == 4 for run in runs.values())
     assert runs["scale-15"].spec.curate.percentile == 15 and runs["scale-15"].spec.curate.keep is None
     assert runs["entropy"].metadata.model_extra["labels"] == {

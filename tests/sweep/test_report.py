@@ -107,9 +107,12 @@ RUNS = {
 }
 
 
-def test_arm_model_is_rl_unless_rl_is_disabled():
+def test_arm_model_is_rl_unless_rl_is_disabled_or_the_arm_is_a_scalar_model():
     assert arm_model(RUNS["entropy"]) == "rl"
     assert arm_model(RUNS["sft"]) == "sft"
+    scalar = {"model": {"tiny": {}}, "data": {"synthetic": {}}, "kind": "scalar"}
+    document = {"apiVersion": "egt.dev/v1alpha1", "kind": "EGTRun", "metadata": {"name": "s-scalar"}}
+    assert arm_model(parse_run(document | {"spec": scalar})) == "scalar"
 
 
 def test_choose_set_prefers_the_given_set_then_vl_rewardbench_then_the_first_sorted():
