@@ -186,6 +186,11 @@ class DataSpec(Section):
 
     sft: DatasetSpec | None = Field(None, description="SFT pool (annotated by the teacher).")
     rl: DatasetSpec | None = Field(None, description="RL pool (probed, curated, trained on).")
+    scalar_extra: DatasetSpec | None = Field(
+        None,
+        description="More preference pairs for the scalar stage's second phase (Skywork-VL adds text-only "
+        "pairs there); read only when scalar.second_phase is set.",
+    )
     eval: dict[str, DatasetSpec] = Field(default_factory=dict, description="Evaluation sets by name.")
     synthetic: SyntheticDataSpec | None = Field(
         None, description="Generate all three pools instead (tests and the demo)."
@@ -209,22 +214,24 @@ class DataSpec(Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
-        given = self.sft is not None or self.rl is not None or bool(self.eval)
+        given = (
+            self.sft is not None or self.rl is not None or self.scalar_extra is not None or bool(self.eval)
+        )
         if self.synthetic is not None and given:
-            raise ValueError("data.synthetic excludes data.sft, data.rl and data.eval")
+            raise ValueError("data.synthetic excludes data.sft, data.rl, data.scalar_extra and data.eval")
         if self.synthetic is None and self.sft is None:
             raise ValueError("set data.sft (and data.rl for a reasoning run), or data.synthetic")
         for name in self.eval:
-            if name in ("sft", "rl") or not EVAL_SET_NAME.fullmatch(name):
+            if name in ("sft", "rl", "scalar_extra") or not EVAL_SET_NAME.fullmatch(name):
                 raise ValueError(
-                    f"data.eval: set name {name!r} must match {EVAL_SET_NAME.pattern} and not be sft or rl "
-                    "(it names files and metric labels)"
+                    f"data.eval: set name {name!r} must match {EVAL_SET_NAME.pattern} and not be sft, rl or "
+                    "scalar_extra (it names files and metric labels)"
                 )
         return self
 
     def datasets(self) -> dict[str, DatasetSpec]:
-        """Every external dataset by pool name: sft, rl and each evaluation set."""
-        named = {"sft": self.sft, "rl": self.rl, **self.eval}
+        """Every external dataset by pool name: sft, rl, scalar_extra and each evaluation set."""
+        named = {"sft": self.sft, "rl": self.rl, "scalar_extra": self.scalar_extra, **self.eval}
         return {name: dataset for name, dataset in named.items() if dataset is not None}
 
 
@@ -318,6 +325,15 @@ class SFTSpec(DeepSpeedSpec):
     )
 
 
+class ScalarPhaseSpec(Section):
+    """The scalar stage's second phase (Skywork-VL Reward §4.1): training goes on over the SFT pool and
+    data.scalar_extra together, at a lower learning rate."""
+
+    epochs: float = Field(2.0, gt=0, description="Passes over the phase's pairs (Skywork-VL: 2).")
+    learning_rate: float = Field(1e-6, gt=0, description="Peak learning rate, below the first phase's.")
+    warmup_ratio: Fraction = Field(0.0, description="Share of the phase's steps with linear warmup.")
+
+
 class ScalarTrainSpec(DeepSpeedSpec):
     """The scalar stage: a scalar reward model trained on the SFT pool's preference pairs, a linear
     head on the VLM and the Bradley–Terry loss (the Skywork-VL Reward and IXC-2.5-Reward baselines;
@@ -349,6 +365,11 @@ class ScalarTrainSpec(DeepSpeedSpec):
     seed: int = Field(0, description="Seed of the data order.")
     checkpoint_every_steps: PositiveInt = Field(
         50, description="Optimizer steps between resumable checkpoints."
+    )
+    second_phase: ScalarPhaseSpec | None = Field(
+        None,
+        description="A second phase on the SFT pool plus data.scalar_extra at a lower learning rate "
+        "(Skywork-VL's two-stage fine-tuning); the same optimizer goes on.",
     )
 
 

@@ -57,9 +57,9 @@ def build_examples(ctx: StageContext, judge: HFJudge, records: list[dict]) -> tu
     return examples, too_long
 
 
-def write_history(ctx: StageContext, state: TrainState, steps: int, spec: SFTSpec | ScalarTrainSpec) -> None:
-    """The stage's ``losses.json`` and ``history.json`` (loss, grad norm and learning rate per step)."""
-    history = [
+def history_rows(state: TrainState, steps: int, spec: SFTSpec | ScalarTrainSpec) -> list[dict]:
+    """Loss, grad norm and learning rate per optimizer step."""
+    return [
         {
             "step": step + 1,
             "loss": loss,
@@ -68,7 +68,11 @@ def write_history(ctx: StageContext, state: TrainState, steps: int, spec: SFTSpe
         }
         for step, (loss, norm) in enumerate(zip(state.losses, state.grad_norms, strict=True))
     ]
-    ctx.store.write_text(ctx.key("losses.json"), json.dumps(state.losses))
+
+
+def write_history(ctx: StageContext, history: list[dict]) -> None:
+    """The stage's ``losses.json`` (the loss per step) and ``history.json`` (:func:`history_rows`)."""
+    ctx.store.write_text(ctx.key("losses.json"), json.dumps([row["loss"] for row in history]))
     ctx.store.write_json(ctx.key("history.json"), history)
 
 
@@ -121,7 +125,7 @@ def train_stage(ctx: StageContext, current: World) -> StageResult:
     save_model(engine, judge, final, current)
     if current.is_main:
         ctx.store.upload_dir(final, ctx.key("model"))
-        write_history(ctx, state, steps, spec)
+        write_history(ctx, history_rows(state, steps, spec))
     return StageResult(
         outputs={"model": "model", "losses": "losses.json", "history": "history.json"},
         counts={
