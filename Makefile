@@ -32,7 +32,7 @@ $(VLLM_VENV)/.installed: pyproject.toml scripts/vllm-env.sh
 test-vllm: vllm-env
 	$(VLLM_VENV)/bin/pytest -q -m vllm tests/engines/test_vllm_probe.py tests/engines/test_vllm_rollout.py \
 		tests/engines/test_vllm_probe_correctness.py tests/stages/test_probe_vllm.py tests/stages/test_rl_vllm.py \
-		tests/stages/test_probe_correctness.py
+		tests/stages/test_probe_correctness.py tests/engines/test_vllm_scalar.py
 
 bench: install
 	$(PY) bench/entropy.py

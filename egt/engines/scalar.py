@@ -12,7 +12,7 @@ global batch of pairs.
 
 A trained model is a Hugging Face folder: the backbone as transformers saves it (loadable with
 ``Qwen2_5_VLForConditionalGeneration.from_pretrained``; its language-model head is kept and unused),
-plus ``reward_head.safetensors`` (``weight [1, d]``, ``bias [1]``) and ``reward_model.json``
+plus ``reward_head.safetensors`` (the head's ``[1, d]`` weight) and ``reward_model.json``
 (pooling, what was frozen). :meth:`ScalarRewardModel.from_dir` loads both.
 """
 
@@ -38,6 +38,9 @@ from egt.spec import ScalarTrainSpec
 HEAD_FILE = "reward_head.safetensors"
 CONFIG_FILE = "reward_model.json"
 FREEZABLE = ("vision", "projector")
+# The head's weight under the name vLLM's classify conversion of Qwen2.5-VL gives its score layer, so
+# vLLM loads it from the folder as it is (transformers reads only model.safetensors and ignores it).
+VLLM_HEAD_NAME = "language_model.score.weight"
 
 
 @dataclass
@@ -68,6 +71,14 @@ def score_messages(question: str, response: str, num_images: int) -> list[dict]:
     ]
 
 
+def score_text(tokenizer, item: Response) -> str:
+    """The scored chat as text (Qwen's template), ending at the response's end-of-turn token, so
+    ``last_token`` pooling reads the state after the response."""
+    chat = score_messages(item.question, item.response, len(item.images))
+    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=False)
+    return text[: text.rindex("<|im_end|>") + len("<|im_end|>")]
+
+
 class ScalarRewardModel:
     """A Qwen2.5-VL backbone (an :class:`HFJudge`'s model and processor) with a linear reward head."""
 
@@ -94,11 +105,11 @@ class ScalarRewardModel:
         device: str = "auto",
     ) -> ScalarRewardModel:
         """A new head on a base (or SFT) model. The head starts at zero, so every response scores 0
-        and the first BT loss is exactly log 2: no response is preferred before training."""
+        and the first BT loss is exactly log 2: no response is preferred before training. It has no
+        bias: the BT loss depends only on score differences, so a bias would never be trained."""
         judge = HFJudge.from_dir(model_dir, dtype, device)
-        head = torch.nn.Linear(_hidden_size(judge), 1, dtype=judge.model.dtype)
+        head = torch.nn.Linear(_hidden_size(judge), 1, bias=False, dtype=judge.model.dtype)
         torch.nn.init.zeros_(head.weight)
-        torch.nn.init.zeros_(head.bias)
         return cls(judge, head, pooling, frozen)
 
     @classmethod
@@ -111,17 +122,15 @@ class ScalarRewardModel:
             raise ValueError(f"{folder} is not a scalar reward model: it has no {CONFIG_FILE}")
         config = json.loads((folder / CONFIG_FILE).read_text())
         judge = HFJudge.from_dir(folder, dtype, device)
-        head = torch.nn.Linear(_hidden_size(judge), 1, dtype=judge.model.dtype)
-        head.load_state_dict(load_file(folder / HEAD_FILE))
+        head = torch.nn.Linear(_hidden_size(judge), 1, bias=False, dtype=judge.model.dtype)
+        head.load_state_dict({"weight": load_file(folder / HEAD_FILE)[VLLM_HEAD_NAME]})
         return cls(judge, head, config["pooling"], config.get("frozen", ()))
 
     def save(self, out_dir: str | Path) -> None:
         out = Path(out_dir)
+        self.judge.model.config.num_labels = 1  # one score: what vLLM's classify conversion sizes its head by
         self.judge.save(out)
-        save_file(
-            {name: value.detach().cpu().contiguous() for name, value in self.head.state_dict().items()},
-            out / HEAD_FILE,
-        )
+        save_file({VLLM_HEAD_NAME: self.head.weight.detach().cpu().contiguous()}, out / HEAD_FILE)
         config = {"architecture": "egt-scalar-reward", "pooling": self.pooling, "frozen": list(self.frozen)}
         (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
@@ -142,12 +151,7 @@ class ScalarRewardModel:
     def encode(self, items: Sequence[Response]) -> dict[str, torch.Tensor]:
         """Left-padded batch of the scoring chats, on the model's device. The text ends at the
         response's end-of-turn token, so ``last_token`` pooling reads the state after the response."""
-        tokenizer = self.judge.tokenizer
-        texts = []
-        for item in items:
-            chat = score_messages(item.question, item.response, len(item.images))
-            text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=False)
-            texts.append(text[: text.rindex("<|im_end|>") + len("<|im_end|>")])
+        texts = [score_text(self.judge.tokenizer, item) for item in items]
         images = [item.images for item in items]
         kwargs = {"images": images} if any(images) else {}
         batch = self.judge.processor(

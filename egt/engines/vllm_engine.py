@@ -99,6 +99,8 @@ class VLLMEngine:
         enforce_eager: skip CUDA graph capture / torch.compile (faster start, slower decode).
         seed: vLLM's global seed (requests without a seed of their own sample from it).
         logits_processors: vLLM logits processors by qualified name (``module:Class``).
+        pooling: ``last_token`` or ``mean`` to serve a scalar reward model instead of generating
+            (vLLM's classify conversion of the model, raw scores; egt.engines.vllm_scalar).
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class VLLMEngine:
         enforce_eager: bool = False,
         seed: int = 0,
         logits_processors: Sequence[str] = (),
+        pooling: str | None = None,
     ) -> None:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # module docstring
         device = resolve_device(device)
@@ -134,6 +137,15 @@ class VLLMEngine:
         options = {"max_num_seqs": max_num_seqs} if max_num_seqs else {}
         if device != "cpu":
             options["gpu_memory_utilization"] = gpu_memory_utilization or 0.9
+        if pooling is not None:  # a scalar reward model: one raw score per prompt (egt.engines.vllm_scalar)
+            from vllm.config import PoolerConfig
+
+            kind = {"last_token": "LAST", "mean": "MEAN"}[pooling]
+            options |= {
+                "runner": "pooling",
+                "convert": "classify",
+                "pooler_config": PoolerConfig(pooling_type=kind, use_activation=False),
+            }
         self.llm = LLM(
             str(engine_dir),
             dtype=dtype,
