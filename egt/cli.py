@@ -158,6 +158,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=args.dtype,
             progress=say,
+            engine=args.engine,
         )
     except (ValueError, OSError) as error:
         print(f"egt score: {error}", file=sys.stderr)
@@ -182,6 +183,7 @@ def cmd_filter(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens,
             device=args.device,
             dtype=args.dtype,
+            engine=args.engine,
         )
     except (ValueError, OSError) as error:
         print(f"egt filter: {error}", file=sys.stderr)
@@ -295,6 +297,9 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--batch-size", type=int, default=16, help="Sequences per forward pass.")
     score.add_argument("--device", default="auto", help="auto, cpu or cuda.")
     score.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    score.add_argument(
+        "--engine", choices=["hf", "vllm"], default="hf", help="transformers, or vLLM where installed."
+    )
     score.add_argument("-q", "--quiet", action="store_true", help="No per-prompt progress lines.")
     score.set_defaults(func=cmd_score)
 
@@ -317,6 +322,9 @@ def parser() -> argparse.ArgumentParser:
     )
     flt.add_argument("--device", default="auto", help="auto, cpu or cuda.")
     flt.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    flt.add_argument(
+        "--engine", choices=["hf", "vllm"], default="hf", help="transformers, or vLLM where installed."
+    )
     flt.set_defaults(func=cmd_filter)
 
     report = sub.add_parser("report", help="Render the Markdown report of a finished run.")

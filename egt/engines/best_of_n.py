@@ -3,7 +3,8 @@
 A scalar reward model (a folder with ``reward_model.json``, egt.engines.scalar) scores each candidate
 alone: N passes. A reasoning reward model (any other Qwen2.5-VL folder: the SFT or RL model of a run)
 compares candidates in a tournament (egt.algorithms.tournament), each comparison in both orders,
-greedy, the answer parsed as the evaluate stage parses it.
+greedy, the answer parsed as the evaluate stage parses it. Either runs on transformers or, with
+``engine="vllm"``, on vLLM (egt.engines.vllm_scalar, egt.engines.vllm_engine).
 
 Input, JSON Lines, one prompt per line: ``{"id", "images": [refs], "query", "candidates": [str, ...]}``;
 image references relative to the file's folder, or absolute (``file://``, ``s3://``, a path). Output,
@@ -17,7 +18,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import torch
 from PIL import Image
 
 from egt.algorithms.tournament import Comparator, Tournament, best, calls_needed, order_share, rank
@@ -25,6 +28,10 @@ from egt.engines.hf import HFJudge, JudgeInput
 from egt.engines.scalar import CONFIG_FILE, Response, ScalarRewardModel
 from egt.judge import parse_answer
 from egt.stages.data import ImageLoader, absolutize_images
+
+if TYPE_CHECKING:
+    from egt.engines.vllm_engine import VLLMEngine
+    from egt.engines.vllm_scalar import VLLMScalar
 
 
 @dataclass
@@ -75,15 +82,31 @@ def is_scalar_model(model_dir: Path) -> bool:
     return (Path(model_dir) / CONFIG_FILE).exists()
 
 
-def scalar_scores(model: ScalarRewardModel, prompt: Prompt, batch_size: int) -> list[float]:
+def scalar_scores(model: ScalarRewardModel | VLLMScalar, prompt: Prompt, batch_size: int) -> list[float]:
     items = [Response(prompt.images, prompt.question, c) for c in prompt.candidates]
     scores: list[float] = []
     for start in range(0, len(items), batch_size):
-        scores += model.scores(items[start : start + batch_size]).tolist()
+        with torch.no_grad():
+            scores += [float(score) for score in model.scores(items[start : start + batch_size])]
     return scores
 
 
-def judge_comparator(judge: HFJudge, prompt: Prompt, max_new_tokens: int, batch_size: int) -> Comparator:
+def load_reward_model(model_dir: Path, engine: str, dtype: str, device: str):
+    """(model, is_scalar): a scalar reward model or a reasoning judge, on transformers or vLLM."""
+    scalar = is_scalar_model(model_dir)
+    if engine == "vllm":
+        from egt.engines.vllm_engine import VLLMEngine
+        from egt.engines.vllm_scalar import VLLMScalar
+
+        return (VLLMScalar if scalar else VLLMEngine)(model_dir, dtype, device), scalar
+    if engine != "hf":
+        raise ValueError(f"unknown engine {engine!r}; use 'hf' or 'vllm'")
+    return (ScalarRewardModel if scalar else HFJudge).from_dir(model_dir, dtype, device), scalar
+
+
+def judge_comparator(
+    judge: HFJudge | VLLMEngine, prompt: Prompt, max_new_tokens: int, batch_size: int
+) -> Comparator:
     """Compare candidates i and j with the reasoning model, as given and swapped."""
 
     def compare(pairs: Sequence[tuple[int, int]]) -> list[float]:
@@ -121,15 +144,12 @@ def score_file(
     device: str = "auto",
     dtype: str = "float32",
     progress: Callable[[str], None] = lambda line: None,
+    engine: str = "hf",
 ) -> dict:
     """Score every prompt's candidates and write one line each to ``out``; returns a summary."""
     prompts = read_prompts(candidates, ImageLoader())
     started = time.perf_counter()
-    scalar = is_scalar_model(model_dir)
-    if scalar:
-        model = ScalarRewardModel.from_dir(model_dir, dtype, device)
-    else:
-        judge = HFJudge.from_dir(model_dir, dtype, device)
+    model, scalar = load_reward_model(model_dir, engine, dtype, device)
     calls = 0
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as sink:
@@ -138,7 +158,7 @@ def score_file(
             if scalar:
                 scores, used = scalar_scores(model, prompt, batch_size), n
             else:
-                compare = judge_comparator(judge, prompt, max_new_tokens, batch_size)
+                compare = judge_comparator(model, prompt, max_new_tokens, batch_size)
                 scores, used = rank(n, compare, tournament), calls_needed(n, tournament)
             calls += used
             top = best(scores)

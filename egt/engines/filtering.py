@@ -20,19 +20,24 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from egt.algorithms.tournament import order_share
-from egt.engines.best_of_n import is_scalar_model
+from egt.engines.best_of_n import load_reward_model
 from egt.engines.hf import HFJudge, JudgeInput
 from egt.engines.scalar import Response, ScalarRewardModel
 from egt.judge import parse_answer
 from egt.stages.data import ImageLoader, absolutize_images, validate_records
 
+if TYPE_CHECKING:
+    from egt.engines.vllm_engine import VLLMEngine
+    from egt.engines.vllm_scalar import VLLMScalar
+
 
 def scalar_margins(
-    model: ScalarRewardModel, records: list[dict], images: ImageLoader, batch_size: int
+    model: ScalarRewardModel | VLLMScalar, records: list[dict], images: ImageLoader, batch_size: int
 ) -> list[float]:
     margins = []
     for start in range(0, len(records), batch_size):
@@ -51,12 +56,16 @@ def scalar_margins(
                     for i, r in zip(opened, batch, strict=True)
                 ]
             )
-        margins += (labelled - other).tolist()
+        margins += [float(a) - float(b) for a, b in zip(labelled, other, strict=True)]
     return margins
 
 
 def judge_margins(
-    judge: HFJudge, records: list[dict], images: ImageLoader, batch_size: int, max_new_tokens: int
+    judge: HFJudge | VLLMEngine,
+    records: list[dict],
+    images: ImageLoader,
+    batch_size: int,
+    max_new_tokens: int,
 ) -> list[float]:
     margins = []
     for start in range(0, len(records), batch_size):
@@ -114,18 +123,18 @@ def filter_pool(
     max_new_tokens: int = 512,
     device: str = "auto",
     dtype: str = "float32",
+    engine: str = "hf",
 ) -> dict:
     """Write ``kept.jsonl``, ``flagged.jsonl`` and ``summary.json`` to ``out_dir``; returns the summary."""
     records = [json.loads(line) for line in pool.read_text().splitlines() if line.strip()]
     validate_records(records, str(pool))
     readable = absolutize_images(records, pool.parent.resolve().as_uri())
     images = ImageLoader()
-    if is_scalar_model(model_dir):
-        model = ScalarRewardModel.from_dir(model_dir, dtype, device)
+    model, scalar = load_reward_model(model_dir, engine, dtype, device)
+    if scalar:
         margins, kind = scalar_margins(model, readable, images, batch_size), "scalar"
     else:
-        judge = HFJudge.from_dir(model_dir, dtype, device)
-        margins, kind = judge_margins(judge, readable, images, batch_size, max_new_tokens), "reasoning"
+        margins, kind = judge_margins(model, readable, images, batch_size, max_new_tokens), "reasoning"
     flagged = flagged_indexes(margins, fraction)
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "kept.jsonl").open("w") as kept, (out_dir / "flagged.jsonl").open("w") as bad:

@@ -41,3 +41,32 @@ def test_vllm_scores_a_saved_scalar_model_as_transformers_does(tiny_dir, tmp_pat
         tmp_path / "model", device="cpu", enforce_eager=True, max_model_len=2048, max_images=2
     )
     assert served.scores(RESPONSES) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.skipif(not vllm_available(), reason=NO_VLLM)
+def test_egt_score_on_vllm_gives_the_transformers_scores(tiny_dir, tmp_path):
+    import json
+
+    from egt.cli import main
+
+    model = ScalarRewardModel.from_base(tiny_dir, "last_token", device="cpu")
+    torch.nn.init.normal_(model.head.weight, generator=torch.Generator().manual_seed(1))
+    model.save(tmp_path / "model")
+    RED.save(tmp_path / "red.png")
+    prompt = {
+        "id": "p",
+        "images": ["red.png"],
+        "query": "What colour?",
+        "candidates": ["Red.", "Blue.", "Green."],
+    }
+    (tmp_path / "candidates.jsonl").write_text(json.dumps(prompt) + "\n")
+    rows = {}
+    for engine in ("hf", "vllm"):
+        out = tmp_path / f"{engine}.jsonl"
+        argv = ["score", str(tmp_path / "model"), str(tmp_path / "candidates.jsonl"), "--out", str(out)]
+        assert main([*argv, "--engine", engine, "--device", "cpu", "-q"]) == 0
+        rows[engine] = json.loads(out.read_text())
+    assert rows["vllm"]["scores"] == pytest.approx(rows["hf"]["scores"], abs=1e-4)
+    assert rows["vllm"]["best"] == rows["hf"]["best"]
