@@ -206,8 +206,16 @@ def sft_panels() -> list[dict]:
             "Mean NLL of the assistant tokens of the last SFT step, as pushed. From egt_sft_loss.",
             [target("A", selector("egt_sft_loss"), "loss")],
             "none",
-            24,
-        )
+            12,
+        ),
+        timeseries(
+            "Scalar reward model loss",
+            "Bradley-Terry loss of the scalar stage's last step, per phase (the scalar baseline, or a "
+            "kind: scalar run; log 2 = no preference). From egt_scalar_loss.",
+            [target("A", selector("egt_scalar_loss"), "phase {{phase}}")],
+            "none",
+            12,
+        ),
     ]
 
 
