@@ -692,17 +692,18 @@ def eval_row(model: str, name: str, s: dict) -> tuple:
     )
 
 
-def rl_vs_sft(name: str, sft: dict, rl: dict) -> str:
-    """The difference with a binomial standard error for scale, so small gaps are not read as gains."""
-    a, b, n = sft["accuracy"], rl["accuracy"], sft.get("pairs") or 0
+def compare_models(name: str, base: tuple[str, dict], other: tuple[str, dict]) -> str:
+    """``other`` against ``base`` on one set, with a binomial standard error for scale, so small gaps
+    are not read as gains."""
+    (base_label, base_scores), (label, scores) = base, other
+    a, b, n = base_scores["accuracy"], scores["accuracy"], base_scores.get("pairs") or 0
     p = (a + b) / 2
     error = 100 * math.sqrt(p * (1 - p) / n) if n else None
     scale = f"; one binomial standard error at {n} pairs is about {error:.1f} points" if n else ""
-    if b < a:
-        return f"- `{name}`: RL is below SFT by {100 * (a - b):.1f} points ({pct(b)} vs {pct(a)}){scale}."
     if b == a:
-        return f"- `{name}`: RL and SFT have the same accuracy ({pct(a)}){scale}."
-    return f"- `{name}`: RL is above SFT by {100 * (b - a):.1f} points ({pct(b)} vs {pct(a)}){scale}."
+        return f"- `{name}`: {label} and {base_label} have the same accuracy ({pct(a)}){scale}."
+    gap = f"{'below' if b < a else 'above'} {base_label} by {100 * abs(a - b):.1f} points"
+    return f"- `{name}`: {label} is {gap} ({pct(b)} vs {pct(a)}){scale}."
 
 
 def evaluation_section(ctx: Context) -> list[str]:
@@ -736,7 +737,17 @@ def evaluation_section(ctx: Context) -> list[str]:
     shared = [n for n in results.get("sft", {}) if n in results.get("rl", {})]
     if shared:
         lines += ["RL against SFT:", ""]
-        lines += [rl_vs_sft(n, results["sft"][n], results["rl"][n]) for n in shared]
+        lines += [compare_models(n, ("SFT", results["sft"][n]), ("RL", results["rl"][n])) for n in shared]
+        lines.append("")
+    reasoning = "rl" if "rl" in results else "sft"
+    shared = [n for n in results.get("scalar", {}) if n in results.get(reasoning, {})]
+    if shared:  # the scalar baseline beside the reasoning model, on the same sets
+        lines += [f"The scalar reward model (Bradley–Terry) against the reasoning model ({reasoning}):", ""]
+        label = f"the reasoning model ({reasoning})"
+        pairs = [
+            (n, (label, results[reasoning][n]), ("the scalar model", results["scalar"][n])) for n in shared
+        ]
+        lines += [compare_models(*pair) for pair in pairs]
         lines.append("")
     return lines + benchmark_lines(results)
 

@@ -322,6 +322,17 @@ def test_wrong_way_comparisons_are_stated_plainly(store: FileStore, tmp_path: Pa
     assert "RL is below SFT by 4.5 points (65.5% vs 70.0%)" in section(text, 7)
 
 
+def test_the_scalar_baseline_is_set_beside_the_reasoning_model(store: FileStore, tmp_path: Path) -> None:
+    scalar = {"eval": {**RESULTS["rl"]["eval"], "accuracy": 0.983, "position_bias": 0.0}}
+    run_all(store, results={**RESULTS, "scalar": scalar})
+    evaluation = section(report_text(store, tmp_path / "report"), 7)
+    assert "| scalar | eval |" in evaluation
+    assert (
+        "- `eval`: the scalar model is above the reasoning model (rl) by 28.3 points (98.3% vs 70.0%); "
+        "one binomial standard error at 200 pairs is about" in evaluation
+    )
+
+
 def test_partial_run_says_which_stages_have_not_run(store: FileStore, tmp_path: Path) -> None:
     run_prepare_and_annotate(store)
     store.write_json(f"{RUN_NAME}/sft/attempt.json", {"config_hash": "x", "inputs": {}})
