@@ -78,7 +78,9 @@ class Context:
     stages: dict[str, StageView]
 
     def manifest(self, stage: str) -> Manifest | None:
-        return self.stages[stage].manifest
+        """The stage's manifest; None unless finished (or when the run has no such stage)."""
+        view = self.stages.get(stage)
+        return view.manifest if view else None
 
     def output(self, stage: str, name: str) -> str:
         """The store key of a finished stage's output (manifests hold keys relative to the stage)."""
@@ -706,6 +708,29 @@ def compare_models(name: str, base: tuple[str, dict], other: tuple[str, dict]) -
     return f"- `{name}`: {label} is {gap} ({pct(b)} vs {pct(a)}){scale}."
 
 
+def scalar_section(ctx: Context) -> list[str]:
+    lines = ["## Scalar reward model (Bradley–Terry)", ""]
+    m = ctx.manifest("scalar")
+    if m is None:
+        return lines + ctx.not_run("scalar")
+    spec = ctx.run.spec.scalar
+    frozen = ", ".join(spec.freeze) or "nothing"
+    first, final = m.metrics.get("first_loss"), m.metrics.get("final_loss")
+    extra = (
+        f" plus {m.counts['extra_pairs']} extra pairs in the second phase"
+        if m.counts.get("extra_pairs")
+        else ""
+    )
+    lines += [
+        f"A linear head on the base model ({spec.pooling} pooling; frozen: {frozen}) "
+        f"trained on {m.counts.get('pairs', 'n/a')} labelled pairs of the SFT pool{extra}, "
+        f"{m.counts.get('steps', 'n/a')} optimizer steps. BT loss of the first step {num(first, 4)} "
+        f"(log 2 = {num(math.log(2), 4)}: no preference) → last step {num(final, 4)}.",
+        "",
+    ]
+    return lines
+
+
 def evaluation_section(ctx: Context) -> list[str]:
     lines = ["## 7. Evaluation", ""]
     m = ctx.manifest("evaluate")
@@ -773,15 +798,18 @@ def benchmark_lines(results: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
-SECTIONS: tuple[Callable[[Context], list[str]], ...] = (
-    summary_section,
-    effect_section,
-    annotation_section,
-    sft_section,
-    probe_section,
-    curation_section,
-    rl_section,
-    evaluation_section,
+# Each section, with the stage it reports on: a section whose stage is not part of the run (a kind
+# 'scalar' run has no annotate, sft, probe, curate or rl) is left out.
+SECTIONS: tuple[tuple[Callable[[Context], list[str]], str], ...] = (
+    (summary_section, "prepare"),
+    (effect_section, "probe"),
+    (annotation_section, "annotate"),
+    (sft_section, "sft"),
+    (probe_section, "probe"),
+    (curation_section, "curate"),
+    (rl_section, "rl"),
+    (scalar_section, "scalar"),
+    (evaluation_section, "evaluate"),
 )
 
 
@@ -798,8 +826,9 @@ def write_report(store: ArtifactStore, run: EGTRun, out_dir: Path) -> Path:
     stages = {name: stage_view(store, run.name, name) for name in run.spec.stages}
     ctx = Context(store, run, out_dir, stages)
     lines = [f"# EGT run report: `{run.name}`", ""]
-    for section in SECTIONS:
-        lines += section(ctx)
+    for section, stage in SECTIONS:
+        if stage in run.spec.stages:
+            lines += section(ctx)
     path = out_dir / REPORT_NAME
     path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
     prefix = f"{run.name}/report"

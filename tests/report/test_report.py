@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -331,6 +332,27 @@ def test_the_scalar_baseline_is_set_beside_the_reasoning_model(store: FileStore,
         "- `eval`: the scalar model is above the reasoning model (rl) by 28.3 points (98.3% vs 70.0%); "
         "one binomial standard error at 200 pairs is about" in evaluation
     )
+
+
+def test_a_scalar_run_reports_only_its_own_stages(tmp_path: Path) -> None:
+    from egt.report import write_report
+    from egt.runner import run_local
+    from tests.stages.conftest import SMALL_RUN, make_run
+
+    doc = copy.deepcopy(SMALL_RUN)
+    doc["spec"]["kind"] = "scalar"
+    del doc["spec"]["evaluate"]["models"]
+    run = make_run(doc, str(tmp_path / "store"))
+    store, _ = run_local(run, tmp_path / "work", progress=False, echo=lambda *_: None)
+    text = write_report(store, run, tmp_path / "report").read_text()
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## 1. Run summary: `small`",
+        "## Scalar reward model (Bradley–Terry)",
+        "## 7. Evaluation",
+    ]
+    assert "trained on 16 labelled pairs of the SFT pool, 2 optimizer steps" in text
+    assert "| scalar | eval |" in text and "has not run" not in text
 
 
 def test_partial_run_says_which_stages_have_not_run(store: FileStore, tmp_path: Path) -> None:
