@@ -200,6 +200,22 @@ def cmd_filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_reward_model_arguments(command: argparse.ArgumentParser, batch_help: str) -> None:
+    """The trained model and how to run it, shared by `egt score` and `egt filter`."""
+    command.add_argument(
+        "model", type=Path, help="Model folder: a scalar reward model, or a run's sft/rl model."
+    )
+    command.add_argument("--batch-size", type=int, default=16, help=batch_help)
+    command.add_argument(
+        "--max-new-tokens", type=int, default=512, help="Reasoning models: tokens per judgement."
+    )
+    command.add_argument("--device", default="auto", help="auto, cpu or cuda.")
+    command.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    command.add_argument(
+        "--engine", choices=["hf", "vllm"], default="hf", help="transformers, or vLLM where installed."
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="egt", description="Entropy-Guided Training of reasoning reward models."
@@ -278,9 +294,7 @@ def parser() -> argparse.ArgumentParser:
         help="Best of N: score each prompt's candidate responses with a trained reward model (scalar: one "
         "pass each; reasoning: a tournament, both orders per comparison).",
     )
-    score.add_argument(
-        "model", type=Path, help="Model folder: a scalar reward model, or a run's sft/rl model."
-    )
+    add_reward_model_arguments(score, "Sequences per forward pass.")
     score.add_argument(
         "candidates", type=Path, help='JSON Lines: {"id", "images": [...], "query", "candidates": [...]}.'
     )
@@ -291,15 +305,6 @@ def parser() -> argparse.ArgumentParser:
         default="round_robin",
         help="Reasoning models: round_robin ranks all, N(N-1) calls; knockout finds the best, 2(N-1) calls.",
     )
-    score.add_argument(
-        "--max-new-tokens", type=int, default=512, help="Reasoning models: tokens per judgement."
-    )
-    score.add_argument("--batch-size", type=int, default=16, help="Sequences per forward pass.")
-    score.add_argument("--device", default="auto", help="auto, cpu or cuda.")
-    score.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    score.add_argument(
-        "--engine", choices=["hf", "vllm"], default="hf", help="transformers, or vLLM where installed."
-    )
     score.add_argument("-q", "--quiet", action="store_true", help="No per-prompt progress lines.")
     score.set_defaults(func=cmd_score)
 
@@ -308,22 +313,13 @@ def parser() -> argparse.ArgumentParser:
         help="Data cleaning: flag the pairs of a pool a trained reward model disagrees with; writes the "
         "pool split into kept.jsonl and flagged.jsonl.",
     )
-    flt.add_argument("model", type=Path, help="Model folder: a scalar reward model, or a run's sft/rl model.")
+    add_reward_model_arguments(flt, "Pairs per forward pass.")
     flt.add_argument("pool", type=Path, help="Native records (JSON Lines), images relative to the file.")
     flt.add_argument("--out-dir", type=Path, required=True)
     flt.add_argument(
         "--fraction",
         type=float,
         help="Flag this share of the pool with the lowest margins (default: margin < 0).",
-    )
-    flt.add_argument("--batch-size", type=int, default=16, help="Pairs per forward pass.")
-    flt.add_argument(
-        "--max-new-tokens", type=int, default=512, help="Reasoning models: tokens per judgement."
-    )
-    flt.add_argument("--device", default="auto", help="auto, cpu or cuda.")
-    flt.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    flt.add_argument(
-        "--engine", choices=["hf", "vllm"], default="hf", help="transformers, or vLLM where installed."
     )
     flt.set_defaults(func=cmd_filter)
 
