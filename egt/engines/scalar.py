@@ -28,11 +28,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from egt.algorithms.preference import Pooling, bradley_terry_loss, pool
-from egt.engines import deepspeed_engine
 from egt.engines.deepspeed_engine import full_parameters
 from egt.engines.distributed import World, barrier
 from egt.engines.hf import HFJudge
-from egt.engines.sft import TrainState, accumulation_steps, train
+from egt.engines.sft import TrainState, train, trainer_engine
 from egt.spec import ScalarTrainSpec
 
 HEAD_FILE = "reward_head.safetensors"
@@ -182,18 +181,8 @@ def one_pair(_: PreferencePair) -> int:
 def initialize(model: ScalarRewardModel, spec: ScalarTrainSpec, world: World):
     """The DeepSpeed engine (egt.engines.deepspeed_engine) over backbone and head, computing a
     micro-batch's summed BT loss; frozen parts are left out of the optimizer."""
-    accumulation = accumulation_steps(spec, world.world_size)  # fails on a bad geometry before any setup
-    return deepspeed_engine.initialize(
-        model.judge,
-        lambda _judge, pairs: pair_loss_sum(model, pairs),
-        spec,
-        world,
-        micro_batch_size=spec.micro_batch_size,
-        learning_rate=spec.learning_rate,
-        weight_decay=spec.weight_decay,
-        accumulation=accumulation,
-        head=model.head,
-    )
+    compute = lambda _judge, pairs: pair_loss_sum(model, pairs)  # noqa: E731
+    return trainer_engine(model.judge, compute, spec, world, head=model.head)
 
 
 def train_pairs(

@@ -123,17 +123,26 @@ def accumulation_steps(spec: SFTSpec | ScalarTrainSpec, world_size: int) -> int:
 
 def initialize(judge: HFJudge, spec: SFTSpec, world: World):
     """The DeepSpeed engine (egt.engines.deepspeed_engine) computing a micro-batch's summed NLL."""
+    compute = functools.partial(token_nll_sum, chunk_size=spec.logits_chunk_size)
+    return trainer_engine(judge, compute, spec, world, external_parameters=(judge.lm_head_weight,))
+
+
+def trainer_engine(
+    judge: HFJudge, compute: Callable[..., Any], spec: SFTSpec | ScalarTrainSpec, world: World, **options: Any
+):
+    """The DeepSpeed engine of a :func:`train` loop: its batch geometry and optimizer from ``spec``
+    (``options``: deepspeed_engine.initialize's ``head``, ``external_parameters``)."""
     accumulation = accumulation_steps(spec, world.world_size)  # fails on a bad geometry before any setup
     return deepspeed_engine.initialize(
         judge,
-        functools.partial(token_nll_sum, chunk_size=spec.logits_chunk_size),
+        compute,
         spec,
         world,
         micro_batch_size=spec.micro_batch_size,
         learning_rate=spec.learning_rate,
         weight_decay=spec.weight_decay,
         accumulation=accumulation,
-        external_parameters=(judge.lm_head_weight,),
+        **options,
     )
 
 
