@@ -42,7 +42,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     print()
     print(summary_table(outcomes))
-    if not args.no_report and outcomes and outcomes[-1].stage == "evaluate":
+    # The report once the run's last stage is done (evaluate, or score / filter after it).
+    if not args.no_report and outcomes and outcomes[-1].stage == run.spec.stages[-1]:
         from egt.report import write_report
 
         report = write_report(store, run, args.workdir / run.name / "report")

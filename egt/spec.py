@@ -27,13 +27,19 @@ from pydantic import (
 
 API_VERSION = "egt.dev/v1alpha1"
 KIND = "EGTRun"
-STAGES = ("prepare", "annotate", "sft", "probe", "curate", "rl", "scalar", "evaluate")
-StageName = Literal["prepare", "annotate", "sft", "probe", "curate", "rl", "scalar", "evaluate"]
+STAGES = ("prepare", "annotate", "sft", "probe", "curate", "rl", "scalar", "evaluate", "score", "filter")
+StageName = Literal[
+    "prepare", "annotate", "sft", "probe", "curate", "rl", "scalar", "evaluate", "score", "filter"
+]
 RunKind = Literal["reasoning", "scalar"]
 # The stages of each kind of run, in order (see EGTRunSpec.stages): a scalar reward model is trained
 # straight on the preference pairs, with no teacher, probe, curation or RL.
 SCALAR_STAGES = ("prepare", "scalar", "evaluate")
-SINGLE_POD_STAGES = ("prepare", "annotate", "curate", "evaluate")
+# Uses of the trained reward model that a run adds when its spec asks for them (score.candidates,
+# filter.enabled): best of N on a candidates file, and flagging a pool's doubtful pairs.
+APPLICATION_STAGES = ("score", "filter")
+SINGLE_POD_STAGES = ("prepare", "annotate", "curate", "evaluate", "score", "filter")
+TrainedModel = Literal["sft", "rl", "scalar"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -119,6 +125,12 @@ class SyntheticDataSpec(Section):
         return self
 
 
+def _path_or_store_uri(uri: str | None) -> str | None:
+    if uri is not None and "://" in uri and not uri.startswith(("file://", "s3://")):
+        raise ValueError(f"{uri!r} must be a path or start with file:// or s3://")
+    return uri
+
+
 DatasetFormat = Literal[
     "egt",
     "vl-rewardbench",
@@ -164,9 +176,7 @@ class DatasetSpec(Section):
     @field_validator("uri", "root")
     @classmethod
     def _known_scheme(cls, uri: str | None) -> str | None:
-        if uri is not None and "://" in uri and not uri.startswith(("file://", "s3://")):
-            raise ValueError(f"{uri!r} must be a path or start with file:// or s3://")
-        return uri
+        return _path_or_store_uri(uri)
 
     @model_validator(mode="after")
     def _media_options(self) -> DatasetSpec:
@@ -569,6 +579,55 @@ class EvaluateSpec(Section):
     voting_temperature: float = Field(1.0, gt=0, description="Sampling temperature when voting_k > 1.")
 
 
+class RewardModelUseSpec(Section):
+    """Which of the run's trained models to apply, and how to run it."""
+
+    model: TrainedModel | None = Field(
+        None,
+        description="sft, rl or scalar (the scalar stage then runs in a reasoning run too). Default: the "
+        "run's final model: rl (sft when rl.enabled is false); scalar in a kind 'scalar' run.",
+    )
+    engine: Literal["hf", "vllm"] = Field("hf", description="transformers, or vLLM (the vllm image).")
+    batch_size: PositiveInt = Field(16, description="Sequences per forward pass or generate call.")
+    max_new_tokens: PositiveInt = Field(512, description="Reasoning models: tokens per judgement.")
+
+
+class ScoreSpec(RewardModelUseSpec):
+    """Best of N with the run's reward model (egt.engines.best_of_n): runs after evaluate when
+    candidates is set, and writes ``<run>/score/scores.jsonl``."""
+
+    candidates: str | None = Field(
+        None,
+        description='JSON Lines, one prompt per line: {"id", "images": [refs], "query", "candidates": '
+        "[str, …]}; a path, file:// or s3:// URI, image references relative to it. Unset: no score stage.",
+    )
+    tournament: Literal["round_robin", "knockout"] = Field(
+        "round_robin",
+        description="Reasoning models: round_robin ranks all N (N(N-1) calls); knockout finds the best "
+        "(2(N-1) calls). Each comparison is judged in both orders. A scalar model scores N passes.",
+    )
+
+    @field_validator("candidates")
+    @classmethod
+    def _known_scheme(cls, uri: str | None) -> str | None:
+        return _path_or_store_uri(uri)
+
+
+class FilterSpec(RewardModelUseSpec):
+    """Data cleaning with the run's reward model (egt.engines.filtering): flag the pool's pairs the
+    model disagrees with; runs after evaluate when enabled, writing kept.jsonl and flagged.jsonl."""
+
+    enabled: bool = Field(False, description="Run the filter stage.")
+    pool: Literal["sft", "rl"] = Field("sft", description="Which of the run's pools to filter.")
+    fraction: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Flag this share of the pool with the lowest margins. Unset: every pair whose margin "
+        "is below zero (the model prefers the other response).",
+    )
+
+
 # Kubernetes' own formats (k8s.io/apimachinery), checked here so that `egt validate` and admission
 # refuse what the API server would refuse when the operator creates a stage's pods.
 Quantity = Annotated[
@@ -755,6 +814,12 @@ class EGTRunSpec(Section):
         default_factory=ScalarTrainSpec, description="A scalar reward model (the baselines), Bradley–Terry."
     )
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec, description="Stage 6: evaluation.")
+    score: ScoreSpec = Field(
+        default_factory=ScoreSpec, description="Best of N on a candidates file with the trained model."
+    )
+    filter: FilterSpec = Field(
+        default_factory=FilterSpec, description="Flag a pool's doubtful pairs with the trained model."
+    )
     metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Prometheus metrics.")
     cluster: ClusterSpec = Field(
         default_factory=ClusterSpec, description="Pods, images and Secrets on a cluster."
@@ -768,10 +833,41 @@ class EGTRunSpec(Section):
     @property
     def stages(self) -> tuple[str, ...]:
         """The stages this run runs, in order: a reasoning run's, with the scalar baseline only when
-        evaluate.models lists it; a scalar run's prepare, scalar, evaluate."""
-        if self.kind == "scalar":
-            return SCALAR_STAGES
-        return tuple(s for s in STAGES if s != "scalar" or "scalar" in self.evaluate.models)
+        evaluate.models (or score or filter) uses it; a scalar run's prepare, scalar, evaluate; then
+        score and filter when asked for."""
+        applied = {"score": self.score.candidates is not None, "filter": self.filter.enabled}
+        uses = {
+            self.model_applied(use)
+            for stage, use in (("score", self.score), ("filter", self.filter))
+            if applied[stage]
+        }
+        trains = (
+            SCALAR_STAGES
+            if self.kind == "scalar"
+            else tuple(
+                s
+                for s in STAGES[: STAGES.index("evaluate") + 1]
+                if s != "scalar" or "scalar" in self.evaluate.models or "scalar" in uses
+            )
+        )
+        return trains + tuple(stage for stage in APPLICATION_STAGES if applied[stage])
+
+    def model_applied(self, use: RewardModelUseSpec) -> TrainedModel:
+        """The model score or filter applies: the one named, else the run's final model."""
+        if use.model is not None:
+            return use.model
+        return "scalar" if self.kind == "scalar" else "rl" if self.rl.enabled else "sft"
+
+    @model_validator(mode="after")
+    def _applications_use_a_trained_model(self) -> EGTRunSpec:
+        for name, use in (("score", self.score), ("filter", self.filter)):
+            if self.kind == "scalar" and use.model not in (None, "scalar"):
+                raise ValueError(f"kind 'scalar' trains only the scalar model: {name}.model must be scalar")
+            if use.model == "rl" and not self.rl.enabled:
+                raise ValueError(f"rl.enabled is false: there is no RL model; set {name}.model to sft")
+        if self.filter.enabled and self.filter.pool == "rl" and self.kind == "scalar":
+            raise ValueError("a kind 'scalar' run has no rl pool: set filter.pool to sft")
+        return self
 
     @model_validator(mode="after")
     def _scalar_runs_evaluate_their_model(self) -> EGTRunSpec:

@@ -390,6 +390,8 @@ def test_resolved_dump_contains_every_default():
         "rl",
         "scalar",
         "evaluate",
+        "score",
+        "filter",
         "metrics",
         "cluster",
         "suspend",
@@ -399,17 +401,42 @@ def test_resolved_dump_contains_every_default():
 
 
 def test_stages_are_in_pipeline_order():
-    assert STAGES == ("prepare", "annotate", "sft", "probe", "curate", "rl", "scalar", "evaluate")
+    assert STAGES == (
+        "prepare", "annotate", "sft", "probe", "curate", "rl", "scalar", "evaluate", "score", "filter"
+    )  # fmt: skip
 
 
 def test_a_run_kind_decides_its_stages():
     reasoning = parse_run(MINIMAL).spec
     assert reasoning.stages == ("prepare", "annotate", "sft", "probe", "curate", "rl", "evaluate")
     with_baseline = parse_run(doc(evaluate={"models": ["sft", "rl", "scalar"]})).spec
-    assert with_baseline.stages == STAGES
+    assert with_baseline.stages == STAGES[: STAGES.index("evaluate") + 1]
     scalar = parse_run(doc(kind="scalar")).spec
     assert scalar.stages == ("prepare", "scalar", "evaluate")
     assert scalar.evaluate.models == ["scalar"]  # its default
+
+
+def test_score_and_filter_are_stages_when_asked_for_and_apply_the_final_model_by_default():
+    both = parse_run(doc(score={"candidates": "s3://b/c.jsonl"}, filter={"enabled": True})).spec
+    assert both.stages[-3:] == ("evaluate", "score", "filter")
+    assert both.model_applied(both.score) == both.model_applied(both.filter) == "rl"
+    assert both.score.model is None  # left unset: a resolved spec stays valid when rl is switched off
+    no_rl = parse_run(doc(rl={"enabled": False}, evaluate={"models": ["sft"]}, filter={"enabled": True}))
+    assert no_rl.spec.model_applied(no_rl.spec.filter) == "sft"
+    # Applying the scalar model brings its stage into a reasoning run.
+    uses_scalar = parse_run(doc(evaluate={"models": ["sft"]}, filter={"enabled": True, "model": "scalar"}))
+    assert "scalar" in uses_scalar.spec.stages
+    scalar_run = parse_run(doc(kind="scalar", score={"candidates": "c.jsonl"})).spec
+    assert scalar_run.stages == ("prepare", "scalar", "evaluate", "score")
+    assert scalar_run.model_applied(scalar_run.score) == "scalar"
+    assert "kind 'scalar' trains only the scalar model: filter.model must be scalar" in spec_error(
+        doc(kind="scalar", filter={"enabled": True, "model": "sft"})
+    )
+    assert "set score.model to sft" in spec_error(
+        doc(rl={"enabled": False}, evaluate={"models": ["sft"]}, score={"candidates": "c", "model": "rl"})
+    )
+    assert "spec.score.candidates" in spec_error(doc(score={"candidates": "https://x/c.jsonl"}))
+    assert "spec.filter.fraction" in spec_error(doc(filter={"enabled": True, "fraction": 1.5}))
 
 
 def test_a_scalar_run_evaluates_only_its_model_and_needs_no_rl_pool():

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,25 +36,22 @@ if TYPE_CHECKING:
 
 @dataclass
 class Prompt:
-    """One prompt and its N candidate responses."""
+    """One prompt and its N candidate responses; images as absolute references, opened when scored."""
 
     id: str
-    images: list[Image.Image]
+    images: list[str]
     question: str
     candidates: list[str]
 
 
-def read_prompts(path: Path, images: ImageLoader) -> list[Prompt]:
-    """The candidates file, checked line by line: a bad line is named with its field."""
+def parse_prompts(records: Sequence[dict], source: str, base_uri: str) -> list[Prompt]:
+    """The candidates file's records, checked one by one (a bad one is named with its field); image
+    references relative to ``base_uri`` (the file's folder)."""
     prompts = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except ValueError as error:
-            raise ValueError(f"{where}: not JSON ({error})") from None
+    for number, record in enumerate(records, start=1):
+        where = f"{source}:{number}"
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: not a JSON object")
         missing = [field for field in ("id", "query", "candidates") if field not in record]
         if missing:
             raise ValueError(f"{where}: lacks {', '.join(missing)}")
@@ -65,25 +62,37 @@ def read_prompts(path: Path, images: ImageLoader) -> list[Prompt]:
             or not all(isinstance(c, str) for c in candidates)
         ):
             raise ValueError(f"{where} (id {record['id']!r}): candidates must be a non-empty list of strings")
-        [resolved] = absolutize_images(
-            [{"images": record.get("images") or []}], path.parent.resolve().as_uri()
-        )
-        try:
-            opened = images(resolved["images"])
-        except OSError as error:
-            raise ValueError(f"{where} (id {record['id']!r}): an image cannot be read: {error}") from None
-        prompts.append(Prompt(str(record["id"]), opened, record["query"], candidates))
+        refs = record.get("images") or []
+        if not isinstance(refs, list) or not all(isinstance(ref, str) for ref in refs):
+            raise ValueError(f"{where} (id {record['id']!r}): images must be a list of references")
+        [resolved] = absolutize_images([{"images": refs}], base_uri)
+        prompts.append(Prompt(str(record["id"]), resolved["images"], record["query"], candidates))
     if not prompts:
-        raise ValueError(f"{path}: no prompts")
+        raise ValueError(f"{source}: no prompts")
     return prompts
+
+
+def read_prompts(path: Path) -> list[Prompt]:
+    """A local candidates file (JSON Lines)."""
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as error:
+            raise ValueError(f"{path}:{number}: not JSON ({error})") from None
+    return parse_prompts(records, str(path), path.parent.resolve().as_uri())
 
 
 def is_scalar_model(model_dir: Path) -> bool:
     return (Path(model_dir) / CONFIG_FILE).exists()
 
 
-def scalar_scores(model: ScalarRewardModel | VLLMScalar, prompt: Prompt, batch_size: int) -> list[float]:
-    items = [Response(prompt.images, prompt.question, c) for c in prompt.candidates]
+def scalar_scores(
+    model: ScalarRewardModel | VLLMScalar, prompt: Prompt, images: list[Image.Image], batch_size: int
+) -> list[float]:
+    items = [Response(images, prompt.question, c) for c in prompt.candidates]
     scores: list[float] = []
     for start in range(0, len(items), batch_size):
         with torch.no_grad():
@@ -105,7 +114,11 @@ def load_reward_model(model_dir: Path, engine: str, dtype: str, device: str):
 
 
 def judge_comparator(
-    judge: HFJudge | VLLMEngine, prompt: Prompt, max_new_tokens: int, batch_size: int
+    judge: HFJudge | VLLMEngine,
+    prompt: Prompt,
+    images: list[Image.Image],
+    max_new_tokens: int,
+    batch_size: int,
 ) -> Comparator:
     """Compare candidates i and j with the reasoning model, as given and swapped."""
 
@@ -114,8 +127,8 @@ def judge_comparator(
         for i, j in pairs:
             first, second = prompt.candidates[i], prompt.candidates[j]
             items += [
-                JudgeInput(prompt.images, prompt.question, first, second),
-                JudgeInput(prompt.images, prompt.question, second, first),
+                JudgeInput(images, prompt.question, first, second),
+                JudgeInput(images, prompt.question, second, first),
             ]
         answers = []
         for start in range(0, len(items), batch_size):
@@ -134,6 +147,52 @@ def judge_comparator(
     return compare
 
 
+def score_prompts(
+    model: ScalarRewardModel | VLLMScalar | HFJudge | VLLMEngine,
+    scalar: bool,
+    prompts: Sequence[Prompt],
+    images: ImageLoader,
+    tournament: Tournament = "round_robin",
+    max_new_tokens: int = 512,
+    batch_size: int = 16,
+    progress: Callable[[str], None] = lambda line: None,
+) -> Iterator[dict]:
+    """One row per prompt: ``{"id", "kind", "scores", "best", "best_response", "model_calls"}``."""
+    kind = "scalar" if scalar else f"reasoning ({tournament})"
+    for index, prompt in enumerate(prompts, start=1):
+        n = len(prompt.candidates)
+        try:
+            opened = images(prompt.images)
+        except OSError as error:
+            raise ValueError(f"prompt {prompt.id!r}: an image cannot be read: {error}") from None
+        if scalar:
+            scores, used = scalar_scores(model, prompt, opened, batch_size), n
+        else:
+            compare = judge_comparator(model, prompt, opened, max_new_tokens, batch_size)
+            scores, used = rank(n, compare, tournament), calls_needed(n, tournament)
+        top = best(scores)
+        progress(f"{index}/{len(prompts)} {prompt.id}: best {top} of {n}")
+        yield {
+            "id": prompt.id,
+            "kind": kind,
+            "scores": scores,
+            "best": top,
+            "best_response": prompt.candidates[top],
+            "model_calls": used,
+        }
+
+
+def summarize(rows: Sequence[dict], seconds: float) -> dict:
+    """Prompts, candidates, model calls and wall time of a scoring pass."""
+    return {
+        "prompts": len(rows),
+        "candidates": sum(len(row["scores"]) for row in rows),
+        "kind": rows[0]["kind"] if rows else None,
+        "model_calls": sum(row["model_calls"] for row in rows),
+        "seconds": seconds,
+    }
+
+
 def score_file(
     model_dir: Path,
     candidates: Path,
@@ -147,36 +206,16 @@ def score_file(
     engine: str = "hf",
 ) -> dict:
     """Score every prompt's candidates and write one line each to ``out``; returns a summary."""
-    prompts = read_prompts(candidates, ImageLoader())
+    prompts = read_prompts(candidates)
     started = time.perf_counter()
     model, scalar = load_reward_model(model_dir, engine, dtype, device)
-    calls = 0
+    rows = []
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as sink:
-        for index, prompt in enumerate(prompts, start=1):
-            n = len(prompt.candidates)
-            if scalar:
-                scores, used = scalar_scores(model, prompt, batch_size), n
-            else:
-                compare = judge_comparator(model, prompt, max_new_tokens, batch_size)
-                scores, used = rank(n, compare, tournament), calls_needed(n, tournament)
-            calls += used
-            top = best(scores)
-            row = {
-                "id": prompt.id,
-                "kind": "scalar" if scalar else f"reasoning ({tournament})",
-                "scores": scores,
-                "best": top,
-                "best_response": prompt.candidates[top],
-                "model_calls": used,
-            }
+        scored = score_prompts(
+            model, scalar, prompts, ImageLoader(), tournament, max_new_tokens, batch_size, progress
+        )
+        for row in scored:
             sink.write(json.dumps(row) + "\n")
-            progress(f"{index}/{len(prompts)} {prompt.id}: best {top} of {n}")
-    seconds = time.perf_counter() - started
-    return {
-        "prompts": len(prompts),
-        "candidates": sum(len(p.candidates) for p in prompts),
-        "kind": "scalar" if scalar else f"reasoning ({tournament})",
-        "model_calls": calls,
-        "seconds": seconds,
-    }
+            rows.append(row)
+    return summarize(rows, time.perf_counter() - started)

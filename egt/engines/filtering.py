@@ -114,6 +114,36 @@ def by_truth_kind(records: list[dict], flagged: set[int]) -> dict[str, dict[str,
     }
 
 
+def filter_records(
+    model: ScalarRewardModel | VLLMScalar | HFJudge | VLLMEngine,
+    scalar: bool,
+    records: list[dict],
+    images: ImageLoader,
+    fraction: float | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 512,
+) -> tuple[list[dict], list[dict], dict]:
+    """(kept, flagged, summary): the pool's records (absolute image references) split by the model,
+    each with its ``filter_margin``."""
+    if scalar:
+        margins, kind = scalar_margins(model, records, images, batch_size), "scalar"
+    else:
+        margins, kind = judge_margins(model, records, images, batch_size, max_new_tokens), "reasoning"
+    flagged = flagged_indexes(margins, fraction)
+    split: tuple[list[dict], list[dict]] = ([], [])
+    for k, (record, margin) in enumerate(zip(records, margins, strict=True)):
+        split[k in flagged].append({**record, "filter_margin": margin})
+    summary = {
+        "model": kind,
+        "pairs": len(records),
+        "flagged": len(flagged),
+        "rule": "margin < 0" if fraction is None else f"lowest {fraction:g} of margins",
+        "by_truth_kind": by_truth_kind(records, flagged),
+        "mean_margin": sum(margins) / len(margins) if all(math.isfinite(m) for m in margins) else None,
+    }
+    return *split, summary
+
+
 def filter_pool(
     model_dir: Path,
     pool: Path,
@@ -129,24 +159,12 @@ def filter_pool(
     records = [json.loads(line) for line in pool.read_text().splitlines() if line.strip()]
     validate_records(records, str(pool))
     readable = absolutize_images(records, pool.parent.resolve().as_uri())
-    images = ImageLoader()
     model, scalar = load_reward_model(model_dir, engine, dtype, device)
-    if scalar:
-        margins, kind = scalar_margins(model, readable, images, batch_size), "scalar"
-    else:
-        margins, kind = judge_margins(model, readable, images, batch_size, max_new_tokens), "reasoning"
-    flagged = flagged_indexes(margins, fraction)
+    kept, flagged, summary = filter_records(
+        model, scalar, readable, ImageLoader(), fraction, batch_size, max_new_tokens
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "kept.jsonl").open("w") as kept, (out_dir / "flagged.jsonl").open("w") as bad:
-        for k, (record, margin) in enumerate(zip(readable, margins, strict=True)):  # absolute image refs
-            (bad if k in flagged else kept).write(json.dumps({**record, "filter_margin": margin}) + "\n")
-    summary = {
-        "model": kind,
-        "pairs": len(records),
-        "flagged": len(flagged),
-        "rule": "margin < 0" if fraction is None else f"lowest {fraction:g} of margins",
-        "by_truth_kind": by_truth_kind(records, flagged),
-        "mean_margin": sum(margins) / len(margins) if all(math.isfinite(m) for m in margins) else None,
-    }
+    for name, rows in (("kept", kept), ("flagged", flagged)):
+        (out_dir / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

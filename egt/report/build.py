@@ -798,6 +798,71 @@ def benchmark_lines(results: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
+def model_named(name: str, kind: str) -> str:
+    """'scalar model', or 'rl model (reasoning (knockout))': the run's model and how it judges."""
+    return f"{name} model" if kind == name else f"{name} model ({kind})"
+
+
+def score_section(ctx: Context) -> list[str]:
+    lines = ["## Best of N (score)", ""]
+    m = ctx.manifest("score")
+    if m is None:
+        return lines + ctx.not_run("score")
+    x = m.metrics
+    return [
+        *lines,
+        f"The {model_named(x['model'], x['kind'])} scored {x['prompts']} prompts, {x['candidates']} candidate "
+        f"responses, in {x['model_calls']} model calls and {x['seconds']:.1f} s; the scores and each "
+        f"prompt's best candidate are in `{ctx.store.uri_for(ctx.output('score', 'scores'))}`.",
+        "",
+    ]
+
+
+def filter_section(ctx: Context) -> list[str]:
+    lines = ["## Data filtering (filter)", ""]
+    m = ctx.manifest("filter")
+    if m is None:
+        return lines + ctx.not_run("filter")
+    x = m.metrics["filter"]
+    lines += [
+        f"The {model_named(x['model_name'], x['model'])} flagged {x['flagged']} of the {x['pairs']} pairs of "
+        f"the {x['pool']} pool ({x['rule']}); kept and flagged records are in "
+        f"`{ctx.store.uri_for(ctx.output('filter', 'flagged'))}` and its `kept.jsonl`.",
+        "",
+    ]
+    kinds = x["by_truth_kind"]
+    if not kinds:
+        return [*lines, "The pool has no truth columns: what was flagged cannot be checked.", ""]
+    lines += [
+        "What was flagged per injected truth kind, next to a random flagger of the same size (which "
+        "flags every kind at the pool's flagged share):",
+        "",
+    ]
+    order = kinds_in_order(list(kinds))
+    lines += table(
+        ("truth kind", "pairs", "flagged", "flagged share", "random flagger", "difference"),
+        [
+            (
+                k,
+                kinds[k]["pairs"],
+                kinds[k]["flagged"],
+                pct(kinds[k]["share"]),
+                pct(kinds[k]["random_share"]),
+                points(kinds[k]["share"] - kinds[k]["random_share"]),
+            )
+            for k in order
+        ],
+    )
+    for k in order:
+        share, chance = kinds[k]["share"], kinds[k]["random_share"]
+        relation = "more than" if share > chance else "fewer than" if share < chance else "as many as"
+        lines.append(
+            f"- {k}: flagged {pct(share)}, {relation} a random flagger ({pct(chance)})"
+            + (" (flagging clean pairs is a cost)." if k == "clean" else ".")
+        )
+    return [*lines, ""]
+
+
 # Each section, with the stage it reports on: a section whose stage is not part of the run (a kind
 # 'scalar' run has no annotate, sft, probe, curate or rl) is left out.
 SECTIONS: tuple[tuple[Callable[[Context], list[str]], str], ...] = (
@@ -810,6 +875,8 @@ SECTIONS: tuple[tuple[Callable[[Context], list[str]], str], ...] = (
     (rl_section, "rl"),
     (scalar_section, "scalar"),
     (evaluation_section, "evaluate"),
+    (score_section, "score"),
+    (filter_section, "filter"),
 )
 
 

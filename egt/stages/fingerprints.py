@@ -76,6 +76,19 @@ def evaluate(spec: EGTRunSpec) -> dict:
     return spec.evaluate.model_dump(mode="json")
 
 
+def score_settings(spec: EGTRunSpec) -> dict:
+    return {"score": spec.score.model_dump(mode="json", exclude=_SPEED_ONLY), "dtype": spec.model.dtype}
+
+
+def score(spec: EGTRunSpec) -> dict:
+    candidates = external_digest(spec.score.candidates, spec.store.endpoint_url)
+    return {**score_settings(spec), "candidates_digest": candidates}
+
+
+def filter(spec: EGTRunSpec) -> dict:
+    return {"filter": spec.filter.model_dump(mode="json", exclude=_SPEED_ONLY), "dtype": spec.model.dtype}
+
+
 _SETTINGS = {
     "prepare": prepare_settings,
     "annotate": annotate,
@@ -85,6 +98,8 @@ _SETTINGS = {
     "rl": rl,
     "scalar": scalar,
     "evaluate": evaluate,
+    "score": score_settings,
+    "filter": filter,
 }
 
 

@@ -42,6 +42,9 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("scalar", ("prepare",), fingerprints.scalar, _in("scalar")),
     # evaluate depends on the models it evaluates (each stage of evaluate.models) and the eval sets.
     Stage("evaluate", lambda s: ("prepare", *s.evaluate.models), fingerprints.evaluate, _in("evaluate")),
+    # Applications of a trained model (when the spec asks for them): they read the model they use.
+    Stage("score", lambda s: (s.model_applied(s.score),), fingerprints.score, _in("score")),
+    Stage("filter", lambda s: ("prepare", s.model_applied(s.filter)), fingerprints.filter, _in("filter")),
 )
 STAGES = {stage.name: stage for stage in PIPELINE}
 

@@ -353,7 +353,7 @@ def _job(
 
 
 def single_job(run: Run, stage: str) -> list[dict[str, Any]]:
-    """prepare, annotate, curate, evaluate: one pod running the stage's entrypoint."""
+    """prepare, annotate, curate, evaluate, score, filter: one pod running the stage's entrypoint."""
     return [_job(run, stage, child_name(run.name, stage), stage_command(stage))]
 
 
@@ -509,6 +509,8 @@ _RENDERERS = {
     "rl": lambda run: rl(run) if run.spec.rl.enabled else single_job(run, "rl"),
     "scalar": lambda run: torchrun_stage(run, "scalar"),
     "evaluate": lambda run: single_job(run, "evaluate"),
+    "score": lambda run: single_job(run, "score"),
+    "filter": lambda run: single_job(run, "filter"),
 }
 
 

@@ -101,4 +101,4 @@ def test_bad_candidate_files_are_named_by_line_and_field(tiny_dir, tmp_path, cap
     assert "(id 'a'): candidates must be a non-empty list of strings" in capsys.readouterr().err
     candidates.write_text('{"id": "a", "images": ["missing.png"], "query": "q", "candidates": ["x"]}\n')
     assert main(["score", str(tiny_dir), str(candidates), "--out", str(tmp_path / "o.jsonl"), "-q"]) == 2
-    assert "(id 'a'): an image cannot be read" in capsys.readouterr().err
+    assert "prompt 'a': an image cannot be read" in capsys.readouterr().err

@@ -164,6 +164,8 @@ def test_children_per_stage_in_creation_order(run):
         "rl": ["ConfigMap", "RayJob"],
         "scalar": ["ConfigMap", "Service", "Job"],  # a trainer like sft: torchrun on every node
         "evaluate": ["ConfigMap", "Job"],
+        "score": ["ConfigMap", "Job"],
+        "filter": ["ConfigMap", "Job"],
     }
 
 
@@ -401,7 +403,7 @@ def test_every_pod_passes_the_restricted_pod_security_standard(run):
 
 
 def test_one_pod_stages_run_their_entrypoints(run):
-    for stage in ("prepare", "annotate", "curate", "evaluate"):
+    for stage in ("prepare", "annotate", "curate", "evaluate", "score", "filter"):
         job = only(render(run, stage), "Job")
         assert "completionMode" not in job["spec"] and job["spec"]["backoffLimit"] == 0
         [container] = job["spec"]["template"]["spec"]["containers"]

@@ -18,6 +18,7 @@ from kubernetes import client as k8s
 
 from egt.runner import run_local
 from egt.spec import STAGES, parse_run
+from egt.storage.store import open_store
 from egt_operator.crd import GROUP, PLURAL, VERSION
 from tests.fixtures.processes import free_ports
 from tests.operator.cluster import Kubelet, wait_for
@@ -90,6 +91,11 @@ def test_a_whole_run_with_a_restart_in_every_stage(
     store_uri, kube_client, kubelet, operator, tmp_path: Path
 ) -> None:
     document = run_document(store_uri)
+    # Every stage there is, the trained model's applications (score, filter) too.
+    document["spec"]["score"] = {"candidates": f"{store_uri}/candidates.jsonl"}
+    document["spec"]["filter"] = {"enabled": True}
+    open_store(store_uri).write_bytes("candidates.jsonl", b'{"id": "a", "query": "q", "candidates": ["x"]}\n')
+    assert parse_run(document).spec.stages == STAGES
     # prepare's outputs are already in the store for this spec: the operator skips it.
     run_local(parse_run(document), tmp_path / "work", stop="prepare", progress=False, echo=lambda *_: None)
     create_run(kube_client, document)
@@ -107,17 +113,17 @@ def test_a_whole_run_with_a_restart_in_every_stage(
     assert status["stages"]["prepare"]["state"] == "Skipped"
     assert status["stages"]["prepare"]["artifacts"]["model"].endswith("tiny-demo/prepare/model")
     assert status["observedGeneration"] == 1
-    # Adopted, never duplicated: one child per stage through seven restarts.
+    # Adopted, never duplicated: one child per stage through a restart in each.
     assert sorted(j["metadata"]["name"] for j in kubelet.jobs(run="tiny-demo")) == sorted(
         f"tiny-demo-{s}" for s in STAGES[1:] if s != "rl"
     )
     assert [r["metadata"]["name"] for r in kubelet.list("RayJob", run="tiny-demo")] == ["tiny-demo-rl"]
     reasons = {e.get("reason") for e in kubelet.list("Event")}
     assert {"StageSkipped", "StageStarted", "StageSucceeded", "RunSucceeded"} <= reasons
-    # The last operator saw evaluate run from start to end, and the run succeed.
+    # The last operator saw filter (the last stage) run from start to end, and the run succeed.
     exported = operator_metrics(operator)
     assert 'egt_operator_runs{state="Succeeded"} 1.0' in exported
-    assert 'egt_operator_stage_duration_seconds_count{stage="evaluate",state="Succeeded"} 1.0' in exported
+    assert 'egt_operator_stage_duration_seconds_count{stage="filter",state="Succeeded"} 1.0' in exported
     assert "egt_operator_reconcile_errors_total 0.0" in exported
 
 

@@ -74,6 +74,9 @@ class Cluster:
 
 def test_a_run_walks_every_stage_in_order_one_child_at_a_time():
     cluster = Cluster()
+    # Every stage there is: the model's applications after evaluate too.
+    cluster.body["spec"]["score"] = {"candidates": "s3://egt-artifacts/candidates.jsonl"}
+    cluster.body["spec"]["filter"] = {"enabled": True, "model": "scalar"}
     for stage in STAGES:
         plan = cluster.step()
         assert cluster.state(stage) == "Running"

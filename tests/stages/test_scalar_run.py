@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
 
 from egt.engines.scalar import CONFIG_FILE
+from egt.report import write_report
 from egt.runner import run_local
 from egt.storage.manifest import read_manifest
+from egt.storage.records import read_records
+from tests.engines.test_best_of_n import designed_prompts
 from tests.stages.conftest import make_run
 
 pytestmark = pytest.mark.slow
@@ -38,6 +42,71 @@ def test_a_scalar_run_trains_and_evaluates_the_scalar_model_only(small_run_doc, 
 
     with pytest.raises(ValueError, match=r"stage sft is not part of this run \(kind scalar"):
         run_local(run, tmp_path / "work", start="sft", progress=False, echo=lambda *_: None)
+
+
+def test_score_and_filter_apply_the_runs_model_as_stages(
+    small_run_doc, s3_server, tmp_path: Path, capsys
+) -> None:
+    """What `egt score` and `egt filter` do by hand, as stages the operator runs as Jobs: here their
+    pods' entrypoints on an S3 store, the candidates file in S3 with images relative to it; their
+    outputs in the store and their sections in the report."""
+    import json
+    import uuid
+
+    import yaml
+
+    from egt.cli import main
+    from egt.storage.store import open_store
+    from jobs.entrypoint import stage_main
+
+    folder = tmp_path / "candidates"
+    designed_prompts(folder, folder / "prompts.jsonl", n=4, candidates=3)
+    lines = [json.loads(line) for line in (folder / "prompts.jsonl").read_text().splitlines()]
+    for line in lines:  # references relative to the file, as a dataset published to S3 has them
+        line["images"] = [str(Path(ref).relative_to(folder)) for ref in line["images"]]
+    (folder / "prompts.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    root = f"{s3_server.uri}/{uuid.uuid4().hex}"
+    open_store(f"{root}/candidates").upload_dir(folder, "")
+    spec = small_run_doc["spec"]
+    spec["kind"] = "scalar"
+    del spec["evaluate"]["models"]
+    spec["score"] = {"candidates": f"{root}/candidates/prompts.jsonl", "batch_size": 4}
+    spec["filter"] = {"enabled": True, "fraction": 0.25}
+    run = make_run(small_run_doc, f"{root}/store")
+    assert run.spec.stages == ("prepare", "scalar", "evaluate", "score", "filter")
+    run_local(run, tmp_path / "work", stop="evaluate", progress=False, echo=lambda *_: None)
+    spec_file = tmp_path / "run.yaml"
+    spec_file.write_text(yaml.safe_dump(run.model_dump(mode="json")))
+    args = ["--spec", str(spec_file), "--workdir", str(tmp_path / "pods"), "--no-progress"]
+
+    assert stage_main("score", args) == 0
+    assert stage_main("filter", args) == 0
+
+    store = open_store(run.spec.store.uri)
+    score, flt = read_manifest(store, "small", "score"), read_manifest(store, "small", "filter")
+    assert set(score.inputs) == {"scalar"} and set(flt.inputs) == {"prepare", "scalar"}
+    rows = read_records(store, "small/score/scores.jsonl")
+    assert [r["id"] for r in rows] == [line["id"] for line in lines]
+    assert all(len(r["scores"]) == 3 for r in rows) and score.counts["prompts"] == len(lines)
+    assert score.metrics["model_calls"] == 3 * len(rows) and score.metrics["kind"] == "scalar"
+    kept = read_records(store, "small/filter/kept.jsonl")
+    flagged = read_records(store, "small/filter/flagged.jsonl")
+    assert (len(kept), len(flagged)) == (12, 4)  # a quarter of the 16-pair SFT pool
+    assert max(r["filter_margin"] for r in flagged) <= min(r["filter_margin"] for r in kept)
+    assert sum(row["flagged"] for row in flt.metrics["filter"]["by_truth_kind"].values()) == 4
+
+    report = write_report(store, run, tmp_path / "report").read_text()
+    assert f"The scalar model scored {len(rows)} prompts, {3 * len(rows)} candidate" in report
+    assert "flagged 4 of the 16 pairs of the sft pool (lowest 0.25 of margins)" in report
+    assert "| truth kind | pairs | flagged | flagged share | random flagger | difference |" in report
+
+    # A new candidates file is new input: score runs again, nothing else does.
+    open_store(f"{root}/candidates").write_bytes("prompts.jsonl", json.dumps(lines[0]).encode() + b"\n")
+    assert main(["run", str(spec_file), "--local", "-q", "--workdir", str(tmp_path / "work")]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^score +succeeded", printed, re.M) and re.search(r"^filter +skipped", printed, re.M)
+    assert len(read_records(store, "small/score/scores.jsonl")) == 1
+    assert "report: " in printed  # written when the run's last stage is done, here filter
 
 
 def test_a_second_phase_adds_the_extra_pairs_at_its_own_rate_and_resumes_inside_it(
