@@ -64,21 +64,18 @@ def judge_order(judge: HFJudge, items: list[JudgeInput], spec: EvaluateSpec, see
     ]
 
 
-def scalar_order(
-    model: ScalarRewardModel, items: list[JudgeInput], spec: EvaluateSpec, seed: int
-) -> list[dict]:
-    """A scalar reward model's judgement of each pair: the response with the higher score."""
+def scalar_pair_scores(model: ScalarRewardModel, items: list[JudgeInput]) -> list[tuple[float, float]]:
+    """Each pair's two response scores, each response scored once (so once for both orders)."""
     with torch.no_grad():
         first = model.scores([Response(i.images, i.question, i.response_1) for i in items]).tolist()
         second = model.scores([Response(i.images, i.question, i.response_2) for i in items]).tolist()
-    return [
-        {
-            "output": f"scores {a:.6g} {b:.6g}",
-            "prediction": 1 if a > b else 2 if b > a else None,
-            "well_formed": True,
-        }
-        for a, b in zip(first, second, strict=True)
-    ]
+    return list(zip(first, second, strict=True))
+
+
+def scalar_judgement(first: float, second: float) -> dict:
+    """A scalar reward model's judgement of a pair: the response with the higher score."""
+    prediction = 1 if first > second else 2 if second > first else None
+    return {"output": f"scores {first:.6g} {second:.6g}", "prediction": prediction, "well_formed": True}
 
 
 def evaluate_pairs(
@@ -89,16 +86,19 @@ def evaluate_pairs(
     progress: Callable[[int], None] = lambda n: None,
 ) -> tuple[list[dict], dict]:
     """Per-pair predictions in each order, and the summary (accuracy per order, bias, consistency)."""
-    judge_batch = scalar_order if isinstance(judge, ScalarRewardModel) else judge_order
+    scalar = isinstance(judge, ScalarRewardModel)
     orders = ["original", "swapped"] if spec.both_orders else ["original"]
     rows = [{"id": r["id"], "label": r["label"], **{k: r.get(k) for k in SCORING_FIELDS}} for r in records]
     for start in range(0, len(records), spec.batch_size):
         batch = records[start : start + spec.batch_size]
         items = [to_input(r) for r in batch]
+        scores = scalar_pair_scores(judge, items) if scalar else None
         for order in orders:
-            judged = judge_batch(
-                judge, items if order == "original" else [swapped(i) for i in items], spec, start
-            )
+            if scalar:  # the swapped order is the same two scores the other way round
+                judged = [scalar_judgement(*(ab if order == "original" else ab[::-1])) for ab in scores]
+            else:
+                order_items = items if order == "original" else [swapped(i) for i in items]
+                judged = judge_order(judge, order_items, spec, start)
             for offset, result in enumerate(judged):
                 label = batch[offset]["label"] if order == "original" else swap_label(batch[offset]["label"])
                 rows[start + offset][order] = {**result, "correct": result["prediction"] == label}

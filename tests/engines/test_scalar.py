@@ -100,3 +100,31 @@ def test_a_scalar_model_learns_the_demos_task_and_saves_as_a_hugging_face_folder
     assert learned >= 0.85, learned
     assert (colour_scalar.model_dir / CONFIG_FILE).exists() and model.pooling == "last_token"
     assert load_model(colour_scalar.model_dir) is not None  # the backbone loads with transformers alone
+
+
+def test_evaluate_scores_each_response_once_and_both_orders_agree(colour_scalar):
+    """The evaluate stage's rows for a scalar model: order cannot matter to it, so the swapped order
+    reuses the pair's two scores instead of scoring both responses again."""
+    from egt.engines.hf import JudgeInput
+    from egt.spec import EvaluateSpec
+    from egt.stages.evaluate import evaluate_pairs
+
+    model = ScalarRewardModel.from_dir(colour_scalar.model_dir, device="cpu")
+    pairs = colour_scalar.held_out[:12]
+    records = [{"id": str(k), "label": 1 + k % 2} for k in range(len(pairs))]
+
+    def as_input(record: dict) -> JudgeInput:  # label 2: the chosen response second
+        pair = pairs[int(record["id"])]
+        first, second = (pair.chosen, pair.rejected) if record["label"] == 1 else (pair.rejected, pair.chosen)
+        return JudgeInput(first.images, first.question, first.response, second.response)
+
+    scored = []
+    real = model.scores
+    model.scores = lambda responses: scored.append(len(responses)) or real(responses)
+    rows, summary = evaluate_pairs(model, records, as_input, EvaluateSpec(batch_size=6))
+    assert sum(scored) == 2 * len(pairs)  # each response once, for both orders
+    assert summary["accuracy_original"] == summary["accuracy_swapped"] >= 10 / 12
+    assert summary["order_consistency"] == 1.0 and summary["position_bias"] == pytest.approx(0.0, abs=0.1)
+    for row in rows:
+        first, second = row["original"]["output"].split()[1:]
+        assert row["swapped"]["output"] == f"scores {second} {first}"
