@@ -811,8 +811,8 @@ def score_section(ctx: Context) -> list[str]:
     x = m.metrics
     return [
         *lines,
-        f"The {model_named(x['model'], x['kind'])} scored {x['prompts']} prompts, {x['candidates']} candidate "
-        f"responses, in {x['model_calls']} model calls and {x['seconds']:.1f} s; the scores and each "
+        f"The {model_named(x['model'], x['kind'])} scored {x['prompts']} prompts, "
+        f"{x['candidates']} candidate responses, in {x['model_calls']} model calls and {x['seconds']:.1f} s; the scores and each "
         f"prompt's best candidate are in `{ctx.store.uri_for(ctx.output('score', 'scores'))}`.",
         "",
     ]
