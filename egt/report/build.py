@@ -812,8 +812,8 @@ def score_section(ctx: Context) -> list[str]:
     return [
         *lines,
         f"The {model_named(x['model'], x['kind'])} scored {x['prompts']} prompts, "
-        f"{x['candidates']} candidate responses, in {x['model_calls']} model calls and {x['seconds']:.1f} s; the scores and each "
-        f"prompt's best candidate are in `{ctx.store.uri_for(ctx.output('score', 'scores'))}`.",
+        f"{x['candidates']} candidate responses, in {x['model_calls']} model calls and "
+        f"{x['seconds']:.1f} s; the scores and each prompt's best candidate are in `{ctx.store.uri_for(ctx.output('score', 'scores'))}`.",
         "",
     ]
 
