@@ -808,12 +808,12 @@ def score_section(ctx: Context) -> list[str]:
     m = ctx.manifest("score")
     if m is None:
         return lines + ctx.not_run("score")
-    x = m.metrics
+    x, where = m.metrics, ctx.store.uri_for(ctx.output("score", "scores"))
     return [
         *lines,
         f"The {model_named(x['model'], x['kind'])} scored {x['prompts']} prompts, "
         f"{x['candidates']} candidate responses, in {x['model_calls']} model calls and "
-        f"{x['seconds']:.1f} s; the scores and each prompt's best candidate are in `{ctx.store.uri_for(ctx.output('score', 'scores'))}`.",
+        f"{x['seconds']:.1f} s; the scores and each prompt's best candidate are in `{where}`.",
         "",
     ]
 
