@@ -18,7 +18,7 @@ from egt.stages.progress import sharded
 from egt.stages.sft import judge_input
 from egt.storage.manifest import Manifest
 from egt.storage.records import read_records, write_records
-from egt.storage.shards import partition
+from egt.storage.shards import partition, require_same_ids
 
 ACCURACY_BINS = 5
 
@@ -119,12 +119,14 @@ def probe_engine(ctx: StageContext) -> Iterator[Callable]:
 
 
 def merge(ctx: StageContext, parts: list[Manifest]) -> StageResult:
-    """Join the parts' outputs, in part order (the pool's order), and summarize the whole pool."""
+    """Join the parts' outputs, in part order (the pool's order), and summarize the whole pool; the
+    joined records must be the pool's, each once, whatever the part count or interruptions."""
     out = [
         record
         for manifest in parts
         for record in read_records(ctx.store, manifest.output_key(ctx.run_name, "probed"))
     ]
+    require_same_ids(load_pool(ctx, "rl"), out, f"probe: merging {len(parts)} parts")
     return summarize(ctx, out)
 
 

@@ -6,10 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from egt.storage.shards import partition, process_in_shards, shard_key, shard_ranges
+from egt.storage.shards import (
+    IncompleteOutputError,
+    partition,
+    process_in_shards,
+    require_same_ids,
+    shard_key,
+    shard_ranges,
+)
 from egt.storage.store import ArtifactStore, FileStore
 
-RECORDS = [{"i": i} for i in range(10)]
+RECORDS = [{"id": f"r{i}", "i": i} for i in range(10)]
 
 
 def test_shard_ranges() -> None:
@@ -35,7 +42,7 @@ def test_resume_recomputes_only_unfinished_shards(artifact_store: ArtifactStore)
         if first // 2 == 2 and crash["armed"]:
             crash["armed"] = False
             raise RuntimeError("preempted")
-        return [{"i": r["i"], "square": r["i"] ** 2} for r in shard]
+        return [{"id": r["id"], "i": r["i"], "square": r["i"] ** 2} for r in shard]
 
     with pytest.raises(RuntimeError, match="preempted"):
         process_in_shards(artifact_store, "run/annotate/shards", RECORDS, 2, process)
@@ -50,7 +57,7 @@ def test_resume_recomputes_only_unfinished_shards(artifact_store: ArtifactStore)
     out = process_in_shards(artifact_store, "run/annotate/shards", RECORDS, 2, process, progress.append)
     assert calls == [2, 3, 4]
     assert progress == [2, 2, 2, 2, 2]
-    assert out == [{"i": i, "square": i * i} for i in range(10)]
+    assert out == [{"id": f"r{i}", "i": i, "square": i * i} for i in range(10)]
 
     calls.clear()
     assert process_in_shards(artifact_store, "run/annotate/shards", RECORDS, 2, process) == out
@@ -61,19 +68,53 @@ def test_resume_recomputes_only_unfinished_shards(artifact_store: ArtifactStore)
     assert calls == [0, 1, 2, 3, 4]
 
 
-def test_shard_outputs_may_differ_in_length(tmp_path: Path) -> None:
-    """A shard whose records were all filtered out is still finished (an empty file)."""
+def test_a_shard_written_under_another_shard_size_is_computed_again(tmp_path: Path) -> None:
+    """Interrupted with shards of 4 after the first, resumed with shards of 8: shard 0 on disk holds
+    records 0-3, but shard 0 is now records 0-7. Reused by index it lost four records; by id it is
+    computed again and every record comes out once."""
+    store, calls = FileStore(tmp_path), []
+
+    def process(shard: list[dict]) -> list[dict]:
+        calls.append([r["i"] for r in shard])
+        return [{**r, "done": True} for r in shard]
+
+    process_in_shards(store, "s", RECORDS[:4], 4, process)  # the first shard of the first attempt
+    calls.clear()
+    out = process_in_shards(store, "s", RECORDS, 8, process)
+    assert [r["id"] for r in out] == [r["id"] for r in RECORDS]
+    assert calls == [list(range(8)), [8, 9]]
+    calls.clear()
+    assert process_in_shards(store, "s", RECORDS, 8, process) == out and calls == []
+
+
+def test_outputs_must_cover_every_input_once(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    calls = []
+    with pytest.raises(IncompleteOutputError, match=r"shard-00000.jsonl: processing: 1 output records for 3"):
+        process_in_shards(store, "s", RECORDS, 3, lambda shard: shard[:1])
+    assert not store.exists(shard_key("s", 0))  # nothing is written for a shard that dropped records
+    with pytest.raises(IncompleteOutputError, match=r"missing 1 \('r2'\); unexpected 1 \('x'\)"):
+        require_same_ids(RECORDS[:3], [*RECORDS[:2], {"id": "x"}], "merge")
+    with pytest.raises(IncompleteOutputError, match=r"4 output records for 3 inputs: repeated 1 \('r0'\)"):
+        require_same_ids(RECORDS[:3], [*RECORDS[:3], RECORDS[0]], "merge")
+    with pytest.raises(IncompleteOutputError, match="in another order"):
+        require_same_ids(RECORDS[:2], RECORDS[1::-1], "merge")
 
-    def keep_even(shard: list[dict]) -> list[dict]:
-        calls.append(len(shard))
-        return [r for r in shard if r["i"] % 2 == 0 and r["i"] < 4]
 
-    first = process_in_shards(store, "s", RECORDS, 3, keep_even)
-    assert first == [{"i": 0}, {"i": 2}]
-    assert process_in_shards(store, "s", RECORDS, 3, keep_even) == first
-    assert calls == [3, 3, 3, 1]
+def test_unfinished_records_of_a_stored_shard_are_processed_again(tmp_path: Path) -> None:
+    """A teacher outage: the records whose requests failed are asked again, the others are kept."""
+    store, calls, down = FileStore(tmp_path), [], {"r1", "r4"}
+
+    def process(shard: list[dict]) -> list[dict]:
+        calls.append([r["id"] for r in shard])
+        return [{**r, "error": r["id"] in down} for r in shard]
+
+    first = process_in_shards(store, "s", RECORDS, 3, process, unfinished=lambda r: r["error"])
+    assert [r["id"] for r in first if r["error"]] == ["r1", "r4"]
+    down.clear()
+    calls.clear()
+    again = process_in_shards(store, "s", RECORDS, 3, process, unfinished=lambda r: r["error"])
+    assert calls == [["r1"], ["r4"]] and not any(r["error"] for r in again)
+    assert [r["id"] for r in again] == [r["id"] for r in RECORDS]
 
 
 def test_partition_covers_the_pool_in_order() -> None:
