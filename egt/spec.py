@@ -295,6 +295,13 @@ class AnnotateSpec(Section):
         3, ge=1, le=3, description="Attempts per pair; the first agreeing with the label is kept."
     )
     shard_size: PositiveInt = Field(256, description="Pairs per resumable shard.")
+    teacher_error_budget: Fraction = Field(
+        0.0,
+        description="Share of the pool whose teacher requests may fail for good (after the teacher's "
+        "retries) while annotate still finishes without them; the next run asks again for exactly "
+        "those. Beyond it the stage fails, keeping every answered pair for the rerun. 0: any failure "
+        "fails the stage.",
+    )
 
 
 class DeepSpeedSpec(Section):

@@ -53,6 +53,7 @@ class StageResult:
     outputs: dict[str, str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    unfinished: int = 0  # inputs to retry on the next run (egt.storage.manifest.Manifest.unfinished)
 
 
 @dataclass
@@ -161,6 +162,11 @@ def execute_stage(
     return _execute(stage, run, store, workdir, force, progress, part, lambda ctx: stage.run(ctx))
 
 
+def _same_result(old: Manifest | None, new: Manifest) -> bool:
+    fields = ("config_hash", "inputs", "outputs", "counts", "unfinished", "metrics", "prefix")
+    return old is not None and all(getattr(old, name) == getattr(new, name) for name in fields)
+
+
 def already_done(stage: Stage, run: EGTRun, store: ArtifactStore) -> StageOutcome | None:
     """The stage's result when nothing needs to run: its own current manifest, or another run's
     finished stage of the same identity (reused). For fanned-out stages, asked before any part runs."""
@@ -242,6 +248,7 @@ def _execute(stage, run, store, workdir, force, progress, part, body) -> StageOu
         inputs=inputs,
         outputs=result.outputs,
         counts=result.counts,
+        unfinished=result.unfinished,
         metrics=result.metrics,
         started_at=started_at,
         finished_at=datetime.now(UTC).isoformat(),
@@ -249,7 +256,15 @@ def _execute(stage, run, store, workdir, force, progress, part, body) -> StageOu
         prefix=f"{run.name}/{unit}",
     )
     if main:
-        write_manifest(store, run.name, unit, manifest)
-        register(store, manifest)
+        earlier = read_manifest(store, run.name, unit)
+        if _same_result(earlier, manifest):
+            # A retry that changed nothing (the teacher still down for the same pairs): the earlier
+            # manifest stays, so downstream stages, named by its digest, do not run again for nothing.
+            log.info("%s: the rerun changed nothing; the earlier result stands", unit)
+            manifest = earlier
+        else:
+            write_manifest(store, run.name, unit, manifest)
+            if not manifest.unfinished:
+                register(store, manifest)
         metrics.push()
     return StageOutcome(unit, "succeeded", manifest, seconds)

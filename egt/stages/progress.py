@@ -20,7 +20,11 @@ def sharded(
     shard_size: int,
     process: Callable[[list[dict]], list[dict]],
     unit: str,
+    unfinished: Callable[[dict], bool] | None = None,
 ) -> list[dict]:
-    """Process records in resumable shards under ``<run>/<stage>/shards/``, with a progress bar."""
+    """Process records in resumable shards under ``<run>/<stage>/shards/``, with a progress bar;
+    ``unfinished`` records of finished shards are processed again (egt.storage.shards)."""
     with bar(len(records), ctx.stage, ctx.progress, unit=unit) as progress:
-        return process_in_shards(ctx.store, ctx.key("shards"), records, shard_size, process, progress.update)
+        return process_in_shards(
+            ctx.store, ctx.key("shards"), records, shard_size, process, progress.update, unfinished
+        )

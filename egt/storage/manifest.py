@@ -39,6 +39,9 @@ class Manifest(BaseModel):
     inputs: dict[str, str] = {}  # input name → digest (usually an upstream manifest_digest)
     outputs: dict[str, str] = {}  # output name → store key
     counts: dict[str, int] = {}
+    # Inputs whose work failed for good within the stage's error budget (a teacher's unanswered
+    # requests): the stage finished, but is not up to date, so the next run retries exactly those.
+    unfinished: int = 0
     # Summary numbers for people and dashboards; non-finite floats become None (JSON has no Infinity).
     metrics: dict[str, Any] = {}
     started_at: str  # ISO 8601
@@ -119,7 +122,13 @@ def manifest_digest(store: ArtifactStore, run: str, stage: str) -> str:
 
 
 def _has_identity(manifest: Manifest | None, config_hash: str, inputs: dict[str, str]) -> bool:
-    return manifest is not None and manifest.config_hash == config_hash and manifest.inputs == inputs
+    """The manifest is of a finished stage with this identity and no work left to retry."""
+    return (
+        manifest is not None
+        and manifest.config_hash == config_hash
+        and manifest.inputs == inputs
+        and manifest.unfinished == 0
+    )
 
 
 def _manifest_at(store: ArtifactStore, prefix: str) -> tuple[bytes, Manifest] | None:

@@ -51,3 +51,102 @@ def test_a_probe_resumed_with_another_shard_size_probes_every_sample(
     assert [r["id"] for r in probed] == [r["id"] for r in pool]
     assert read_manifest(store, "small", "probe").counts["samples"] == 12
     assert calls[2:] == [8, 4]  # the old 4-sample shard 0 was not taken for the new 8-sample one
+
+
+def test_a_teacher_outage_fails_annotate_keeping_the_answers_and_a_rerun_asks_only_the_rest(
+    small_run_doc, tmp_path: Path, monkeypatch
+) -> None:
+    """Row 2: the teacher goes down after the first shard. Its failed requests are not "done": the
+    stage fails naming the endpoint and the error, no manifest is written, the 8 answered pairs are
+    kept, and the rerun (teacher back) asks for exactly the other 8."""
+    from egt.stages import annotate as annotate_stage
+    from egt.teachers.server import serve
+
+    monkeypatch.setenv("EGT_TEST_TEACHER_KEY", "local")
+    server, _ = serve()
+    port = server.server_address[1]
+    small_run_doc["spec"]["annotate"]["teacher"] = {
+        "kind": "openai", "base_url": server.base_url, "model": "scripted",
+        "api_key_env": "EGT_TEST_TEACHER_KEY", "max_retries": 0, "timeout_seconds": 5,
+    }  # fmt: skip
+    run = make_run(small_run_doc, str(tmp_path / "store"))
+    real, asked = annotate_stage.annotate, []
+
+    def outage_after_first_shard(records, *args):
+        asked.append([r["id"] for r in records])
+        out = real(records, *args)
+        if len(asked) == 1:
+            server.close()  # the endpoint goes away
+        return out
+
+    monkeypatch.setattr(annotate_stage, "annotate", outage_after_first_shard)
+    with pytest.raises(annotate_stage.TeacherUnavailableError) as failed:
+        quiet(run, tmp_path / "work", stop="annotate")
+    message = str(failed.value)
+    assert f"the teacher at {server.base_url} (scripted) failed for good on 8 of 16 pairs" in message
+    assert "the 8 answered pairs are kept" in message and "record 'sft-000008'" in message
+    store = open_store(str(tmp_path / "store"))
+    assert read_manifest(store, "small", "annotate") is None  # not recorded as finished
+
+    back, _ = serve(port=port)
+    try:
+        asked.clear()
+        _, outcomes = quiet(run, tmp_path / "work", stop="annotate")
+    finally:
+        back.close()
+    assert [o.state for o in outcomes] == ["skipped", "succeeded"]
+    assert asked == [[f"sft-{k:06d}" for k in range(8, 16)]]  # only the pairs that failed
+    manifest = read_manifest(store, "small", "annotate")
+    assert manifest.counts["teacher_errors"] == 0 and manifest.unfinished == 0
+    assert manifest.counts["pairs"] == 16
+
+
+def test_within_the_error_budget_annotate_finishes_and_the_next_run_retries_the_failed_pairs(
+    small_run_doc, tmp_path: Path, monkeypatch
+) -> None:
+    """Row 2, with annotate.teacher_error_budget: the stage finishes without the failed pairs; a
+    rerun with the teacher still down changes nothing (SFT, named by annotate's manifest, does not
+    run again); a rerun with it back asks for exactly them."""
+    from egt.stages import annotate as annotate_stage
+    from egt.teachers.server import serve
+
+    monkeypatch.setenv("EGT_TEST_TEACHER_KEY", "local")
+    server, _ = serve()
+    port = server.server_address[1]
+    small_run_doc["spec"]["annotate"]["teacher_error_budget"] = 0.5
+    small_run_doc["spec"]["annotate"]["teacher"] = {
+        "kind": "openai", "base_url": server.base_url, "model": "scripted",
+        "api_key_env": "EGT_TEST_TEACHER_KEY", "max_retries": 0, "timeout_seconds": 5,
+    }  # fmt: skip
+    run = make_run(small_run_doc, str(tmp_path / "store"))
+    real, asked = annotate_stage.annotate, []
+
+    def outage_after_first_shard(records, *args):
+        asked.append([r["id"] for r in records])
+        out = real(records, *args)
+        if len(asked) == 1:
+            server.close()
+        return out
+
+    monkeypatch.setattr(annotate_stage, "annotate", outage_after_first_shard)
+    quiet(run, tmp_path / "work", stop="annotate")
+    store = open_store(str(tmp_path / "store"))
+    first = store.read_bytes("small/annotate/manifest.json")
+    manifest = read_manifest(store, "small", "annotate")
+    assert manifest.unfinished == 8 and manifest.counts["teacher_errors"] == 8
+
+    asked.clear()
+    _, still_down = quiet(run, tmp_path / "work", stop="annotate")
+    assert asked == [[f"sft-{k:06d}" for k in range(8, 16)]] and still_down[-1].state == "succeeded"
+    assert store.read_bytes("small/annotate/manifest.json") == first  # nothing changed: kept as it was
+
+    back, _ = serve(port=port)
+    try:
+        asked.clear()
+        quiet(run, tmp_path / "work", stop="annotate")
+    finally:
+        back.close()
+    assert asked == [[f"sft-{k:06d}" for k in range(8, 16)]]
+    assert read_manifest(store, "small", "annotate").unfinished == 0
+    _, done = quiet(run, tmp_path / "work", stop="annotate")
+    assert [o.state for o in done] == ["skipped", "skipped"]
