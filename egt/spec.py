@@ -157,7 +157,8 @@ class DatasetSpec(Section):
     root: str | None = Field(
         None,
         description="Folder that the file's image and video-frame paths are relative to (a path, "
-        "file:// or s3:// URI); default the file's own folder. Paths never resolve outside it.",
+        "file:// or s3:// URI); default the file's own folder. Paths never resolve outside it: an "
+        "absolute path, a URI or '..' is refused at prepare.",
     )
     strip_prefix: str | None = Field(
         None,
@@ -180,10 +181,10 @@ class DatasetSpec(Section):
 
     @model_validator(mode="after")
     def _media_options(self) -> DatasetSpec:
-        if self.format == "egt" and (self.root is not None or self.strip_prefix is not None):
+        if self.format == "egt" and self.strip_prefix is not None:
             raise ValueError(
-                "root and strip_prefix apply to converted formats; egt records' image paths "
-                "are relative to the records file"
+                "strip_prefix applies to converted formats; egt records' image paths are relative to "
+                "root (default the records file's folder)"
             )
         return self
 

@@ -577,8 +577,11 @@ def test_eval_set_names_are_file_and_label_safe(name):
     assert f"set name {name!r}" in message
 
 
-def test_media_options_are_for_converted_formats():
-    rl = {"uri": "s3://b/rl.jsonl", "root": "s3://b/images"}
-    assert "root and strip_prefix apply to converted formats" in spec_error(
-        doc(data={"sft": REAL_DATA["sft"], "rl": rl})
+def test_strip_prefix_is_for_converted_formats_and_root_for_every_format():
+    rl = {"uri": "s3://b/rl.jsonl", "strip_prefix": "/home/authors"}
+    assert "strip_prefix applies to converted formats" in spec_error(
+        doc(data={"sft": REAL_DATA["sft"], "rl": rl}, annotate={"teacher": OPENAI_TEACHER})
     )
+    rooted = {"uri": "s3://b/rl.jsonl", "root": "s3://b/images"}  # native records, images elsewhere
+    run = parse_run(doc(data={"sft": REAL_DATA["sft"], "rl": rooted}, annotate={"teacher": OPENAI_TEACHER}))
+    assert run.spec.data.rl.root == "s3://b/images"

@@ -26,6 +26,7 @@ from PIL import Image
 from egt.algorithms.tournament import Comparator, Tournament, best, calls_needed, order_share, rank
 from egt.engines.hf import HFJudge, JudgeInput
 from egt.engines.scalar import CONFIG_FILE, Response, ScalarRewardModel
+from egt.formats.common import MediaRoot
 from egt.judge import parse_answer
 from egt.stages.data import ImageLoader, absolutize_images
 
@@ -44,9 +45,12 @@ class Prompt:
     candidates: list[str]
 
 
-def parse_prompts(records: Sequence[dict], source: str, base_uri: str) -> list[Prompt]:
+def parse_prompts(
+    records: Sequence[dict], source: str, base_uri: str, media: MediaRoot | None = None
+) -> list[Prompt]:
     """The candidates file's records, checked one by one (a bad one is named with its field); image
-    references relative to ``base_uri`` (the file's folder)."""
+    references relative to ``base_uri`` (the file's folder). With ``media`` (the score stage, which
+    reads with the pipeline's credentials) they must resolve inside its root, as a dataset's do."""
     prompts = []
     for number, record in enumerate(records, start=1):
         where = f"{source}:{number}"
@@ -65,8 +69,12 @@ def parse_prompts(records: Sequence[dict], source: str, base_uri: str) -> list[P
         refs = record.get("images") or []
         if not isinstance(refs, list) or not all(isinstance(ref, str) for ref in refs):
             raise ValueError(f"{where} (id {record['id']!r}): images must be a list of references")
-        [resolved] = absolutize_images([{"images": refs}], base_uri)
-        prompts.append(Prompt(str(record["id"]), resolved["images"], record["query"], candidates))
+        if media is None:
+            [resolved] = absolutize_images([{"images": refs}], base_uri)
+            uris = resolved["images"]
+        else:
+            uris = [media.store.uri_for(media.key(ref, where)) for ref in refs]
+        prompts.append(Prompt(str(record["id"]), uris, record["query"], candidates))
     if not prompts:
         raise ValueError(f"{source}: no prompts")
     return prompts

@@ -152,8 +152,16 @@ def check_image(data: bytes, where: str) -> str:
     """Decode the image fully (a truncated file fails only then); its format's file extension."""
     try:
         with Image.open(BytesIO(data)) as image:
+            pixels = image.width * image.height
+            if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+                raise DatasetError(
+                    f"{where}: {image.width}×{image.height} pixels is over PIL's decompression-bomb "
+                    f"limit of {Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS)"
+                )
             image.load()
             kind = (image.format or "").lower()
+    except DatasetError:
+        raise
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError …)
         raise DatasetError(f"{where}: the image does not decode: {e}") from e
     return {"jpeg": "jpg", "": "img"}.get(kind, kind)
@@ -180,8 +188,8 @@ class MediaRoot:
         if "://" in path or path.startswith(("/", "~")) or ".." in PurePosixPath(path).parts:
             raise DatasetError(
                 f"{where}: media path {ref!r} is absolute or leaves the data root {self.store.uri}; "
-                "dataset paths resolve only inside the root (set the dataset's strip_prefix to drop a "
-                "published folder)"
+                "dataset paths resolve only inside the root (set the dataset's root to widen it, or "
+                "strip_prefix to drop a published folder)"
             )
         parts = [p for p in PurePosixPath(path).parts if p != "."]
         return check_key("/".join(parts))

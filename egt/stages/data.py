@@ -10,9 +10,11 @@ from __future__ import annotations
 from functools import lru_cache
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
+from egt.formats.common import DatasetError, MediaRoot
 from egt.stages.base import StageContext
 from egt.storage.records import read_records
 from egt.storage.store import local_folder, split_uri
@@ -33,24 +35,90 @@ def absolutize_images(records: list[dict], base_uri: str) -> list[dict]:
     ]
 
 
+MAX_LISTED = 20  # bad records named in one error; the rest are counted
+
+
+def record_problems(record: Any) -> list[str]:
+    """What is wrong with one native record's fields (nothing about its images' contents)."""
+    if not isinstance(record, dict):
+        return [f"not a JSON object but {type(record).__name__}"]
+    problems = [f"lacks {name}" for name in REQUIRED_FIELDS if name not in record]
+    if "id" in record and (isinstance(record["id"], bool) or not isinstance(record["id"], str | int)):
+        problems.append(f"id must be a string or integer, got {record['id']!r}")
+    if "label" in record and (isinstance(record["label"], bool) or record["label"] not in (1, 2)):
+        problems.append(f"label is {record['label']!r}; expected 1 or 2")
+    for name in ("query", "response_1", "response_2"):
+        if name in record and not isinstance(record[name], str):
+            problems.append(f"{name} must be a string, got {type(record[name]).__name__}")
+    images = record.get("images")
+    if "images" in record:
+        if not isinstance(images, list):
+            problems.append(f"images must be a list of references, got {type(images).__name__}")
+        else:
+            problems += [
+                f"image reference {ref!r} is not a non-empty string"
+                for ref in images
+                if not isinstance(ref, str) or not ref
+            ]
+    return problems
+
+
+def raise_problems(source: str, problems: list[str], total: int) -> None:
+    """One error naming every bad record (up to MAX_LISTED, the rest counted)."""
+    if not problems:
+        return
+    listed = "\n".join(f"  - {problem}" for problem in problems[:MAX_LISTED])
+    more = f"\n  … and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    raise DatasetError(f"{source}: {len(problems)} problem(s) in {total} records:\n{listed}{more}")
+
+
+def field_problems(records: list[dict]) -> list[tuple[int, str]]:
+    """(row, problem) for every bad field of every record, duplicate ids included."""
+    problems, seen = [], set()
+    for row, record in enumerate(records, start=1):
+        identified = isinstance(record, dict) and "id" in record
+        where = f"row {row}" + (f" (id {record['id']!r})" if identified else "")
+        problems += [(row, f"{where}: {problem}") for problem in record_problems(record)]
+        if identified and isinstance(record["id"], str | int):
+            if record["id"] in seen:
+                problems.append((row, f"{where}: duplicate id"))
+            seen.add(record["id"])
+    return problems
+
+
 def validate_records(records: list[dict], source: str) -> None:
-    """Fail with the record and field at fault, before any work is spent on a bad dataset."""
+    """Fail naming every bad record and field, before any work is spent on a bad dataset."""
     if not records:
-        raise ValueError(f"{source}: the dataset is empty")
-    seen: set[str] = set()
-    for line, record in enumerate(records, start=1):
-        missing = [name for name in REQUIRED_FIELDS if name not in record]
-        if missing:
-            raise ValueError(f"{source}: record {line} lacks {', '.join(missing)}")
-        if record["label"] not in (1, 2):
-            raise ValueError(
-                f"{source}: record {record['id']!r} has label {record['label']!r}; expected 1 or 2"
-            )
-        if not isinstance(record["images"], list):
-            raise ValueError(f"{source}: record {record['id']!r}: images must be a list of references")
-        if record["id"] in seen:
-            raise ValueError(f"{source}: duplicate id {record['id']!r}")
-        seen.add(record["id"])
+        raise DatasetError(f"{source}: the dataset is empty")
+    raise_problems(source, [problem for _, problem in field_problems(records)], len(records))
+
+
+def check_native(records: list[dict], source: str, media: MediaRoot, text_only: bool = False) -> list[dict]:
+    """A native dataset's records with every image reference resolved inside ``media``'s root to an
+    absolute URI, each image opened once (it exists and decodes, within PIL's decompression-bomb
+    limit); every bad record of the dataset, fields and images, named in one error. Only a
+    ``text_only`` pool (the scalar stage's extra pairs) may have records without images."""
+    if not records:
+        raise DatasetError(f"{source}: the dataset is empty")
+    problems, checked = field_problems(records), []
+    for row, record in enumerate(records, start=1):
+        refs = record.get("images") if isinstance(record, dict) else None
+        if not isinstance(refs, list):
+            continue  # already named among the field problems
+        where = f"row {row} (id {record.get('id')!r})"
+        if not refs and not text_only:
+            problems.append((row, f"{where}: no images (a multimodal judge's pair needs at least one)"))
+        uris = []
+        for ref in refs:
+            if not isinstance(ref, str) or not ref:
+                continue
+            try:
+                uris.append(media.image(ref, where))
+            except DatasetError as error:
+                problems.append((row, str(error)))
+        checked.append({**record, "images": uris})
+    raise_problems(source, [problem for _, problem in sorted(problems, key=lambda p: p[0])], len(records))
+    return checked
 
 
 def pool_uri(ctx: StageContext, pool: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from egt.spec import EGTRunSpec
-from egt.stages.prepare import external_digest, model_digest
+from egt.stages.prepare import dataset_digest, external_digest, model_digest
 
 # Settings that change speed, not results, stay out of the fingerprint.
 _SPEED_ONLY = {
@@ -34,7 +34,7 @@ def prepare(spec: EGTRunSpec) -> dict[str, Any]:
     if spec.model.path is not None:
         external["model"] = model_digest(spec.model.path, endpoint)
     if spec.data.synthetic is None:
-        external.update({name: external_digest(d.uri, endpoint) for name, d in spec.data.datasets().items()})
+        external.update({name: dataset_digest(d, endpoint) for name, d in spec.data.datasets().items()})
     return {**prepare_settings(spec), "external": external}
 
 

@@ -14,8 +14,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from egt.formats.common import MediaRoot
+from egt.spec import DatasetSpec
 from egt.stages.base import StageContext, StageResult
-from egt.stages.data import validate_records
+from egt.stages.data import check_native
 from egt.stages.progress import bar
 from egt.storage.manifest import digest_bytes
 from egt.storage.records import read_records, write_records
@@ -29,6 +31,18 @@ def external_digest(uri: str, endpoint_url: str | None) -> str:
     """The dataset file's digest (streamed for files; the ETag for S3): cheap enough for the operator."""
     store, key = split_uri(uri, endpoint_url)
     return store.digest(key)
+
+
+def dataset_root(dataset: DatasetSpec, endpoint_url: str | None) -> str:
+    """The folder a dataset's image references resolve in: its root, else the file's own folder."""
+    return dataset.root or split_uri(dataset.uri, endpoint_url)[0].uri_for("")
+
+
+def dataset_digest(dataset: DatasetSpec, endpoint_url: str | None) -> str:
+    """The file's digest and its root's listing (sizes and dates or ETags, not contents): replacing
+    an image reruns what depends on the dataset."""
+    root = open_store(dataset_root(dataset, endpoint_url), endpoint_url)
+    return f"{external_digest(dataset.uri, endpoint_url)}+{root.tree_digest()}"
 
 
 def model_digest(path: str, endpoint_url: str | None) -> str:
@@ -94,15 +108,16 @@ def prepare_external(ctx: StageContext, result: StageResult) -> None:
     local.mkdir(parents=True, exist_ok=True)
     datasets = {}
     for name, dataset in ctx.spec.data.datasets().items():
-        about = {
-            "uri": dataset.uri,
-            "format": dataset.format,
-            "digest": external_digest(dataset.uri, endpoint),
-        }
+        about = {"uri": dataset.uri, "format": dataset.format, "digest": dataset_digest(dataset, endpoint)}
         if dataset.format == "egt":
+            # Checked here, before any GPU time: every field, and every image opened once inside
+            # the dataset's root; the stages read these records, their images as absolute URIs.
             store, key = split_uri(dataset.uri, endpoint)
-            records = read_records(store, key)
-            validate_records(records, dataset.uri)
+            media = MediaRoot(dataset_root(dataset, endpoint), endpoint)
+            text_only = name == "scalar_extra"  # Skywork-VL's second phase adds text-only pairs
+            records = check_native(read_records(store, key), dataset.uri, media, text_only)
+            write_records(open_store(str(local)), f"{name}.jsonl", records)
+            result.outputs[name] = f"data/{name}.jsonl"
             pairs = len(records)
         else:
             with bar(None, f"prepare {name} ({dataset.format})", ctx.progress, unit="row") as progress:

@@ -1,7 +1,8 @@
 """The score stage: best of N on a candidates file with the run's trained reward model.
 
 ``egt score`` as a stage (egt.engines.best_of_n), so a cluster runs it as a Job like any other stage:
-``score.candidates`` names the file (a path or s3:// URI, images relative to it), ``score.model``
+``score.candidates`` names the file (a path or s3:// URI, images relative to it and inside its folder,
+as a dataset's), ``score.model``
 which of the run's models ranks the candidates. Writes ``<run>/score/scores.jsonl``, one row per
 prompt: the candidates' scores, the best one and the model calls it took.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import time
 
 from egt.engines.best_of_n import load_reward_model, parse_prompts, score_prompts, summarize
+from egt.formats.common import MediaRoot
 from egt.stages.base import StageContext, StageResult
 from egt.stages.data import ImageLoader, model_dir
 from egt.stages.progress import bar
@@ -22,7 +24,8 @@ def run(ctx: StageContext) -> StageResult:
     spec, endpoint = ctx.spec.score, ctx.spec.store.endpoint_url
     model_name = ctx.spec.model_applied(spec)
     source, key = split_uri(spec.candidates, endpoint)
-    prompts = parse_prompts(read_records(source, key), spec.candidates, source.uri_for(""))
+    folder = source.uri_for("")
+    prompts = parse_prompts(read_records(source, key), spec.candidates, folder, MediaRoot(folder, endpoint))
     started = time.perf_counter()
     model, scalar = load_reward_model(
         model_dir(ctx, model_name), spec.engine, ctx.spec.model.dtype, ctx.spec.model.device

@@ -157,6 +157,11 @@ class ArtifactStore(ABC):
         the operator can tell a changed dataset without downloading it.
         """
 
+    @abstractmethod
+    def tree_digest(self, prefix: str = "") -> str:
+        """A string that changes when any object under the prefix is added, removed or replaced,
+        without reading them: file sizes and modification times; S3 sizes and ETags (one listing)."""
+
     def read_text(self, key: str) -> str:
         return self.read_bytes(key).decode("utf-8")
 
@@ -239,6 +244,16 @@ class FileStore(ArtifactStore):
         if not path.is_file():
             raise FileNotFoundError(f"no such artifact: {self.uri_for(key)}")
         return path
+
+    def tree_digest(self, prefix: str = "") -> str:
+        base = self._path(prefix)
+        files = _local_files(base) if base.is_dir() else []
+        listing = "\n".join(
+            f"{path.relative_to(base).as_posix()}\t{stat.st_size}\t{stat.st_mtime_ns}"
+            for path in files
+            for stat in [path.stat()]
+        )
+        return "tree:" + hashlib.sha256(listing.encode()).hexdigest()
 
     def digest(self, key: str) -> str:
         sha = hashlib.sha256()
@@ -391,6 +406,12 @@ class S3Store(ArtifactStore):
         dest = Path(scratch) / check_key(key)
         self._download(key, dest)
         return dest
+
+    def tree_digest(self, prefix: str = "") -> str:
+        listing = "\n".join(
+            f"{key}\t{size}\t{etag}" for key, (size, etag) in sorted(self._objects(prefix).items())
+        )
+        return "tree:" + hashlib.sha256(listing.encode()).hexdigest()
 
     def digest(self, key: str) -> str:
         with self._errors(key):

@@ -102,3 +102,20 @@ def test_bad_candidate_files_are_named_by_line_and_field(tiny_dir, tmp_path, cap
     candidates.write_text('{"id": "a", "images": ["missing.png"], "query": "q", "candidates": ["x"]}\n')
     assert main(["score", str(tiny_dir), str(candidates), "--out", str(tmp_path / "o.jsonl"), "-q"]) == 2
     assert "prompt 'a': an image cannot be read" in capsys.readouterr().err
+
+
+def test_the_score_stage_resolves_candidate_images_only_inside_the_files_folder(tmp_path):
+    """The score stage reads with the pipeline's credentials: a candidates file names images inside
+    its own folder, as a dataset does (egt score by hand reads any path the user can)."""
+    from egt.engines.best_of_n import parse_prompts
+    from egt.formats.common import DatasetError, MediaRoot
+
+    folder = tmp_path.as_uri()
+    inside = {"id": "a", "images": ["img/x.png"], "query": "q", "candidates": ["x"]}
+    [prompt] = parse_prompts([inside], "c.jsonl", folder, MediaRoot(folder))
+    assert prompt.images == [f"{folder}/img/x.png"]
+    for ref in ("../x.png", "/etc/passwd", "s3://other/x.png"):
+        outside = {**inside, "images": [ref]}
+        with pytest.raises(DatasetError, match=r"c.jsonl:1: media path .* leaves the data root"):
+            parse_prompts([outside], "c.jsonl", folder, MediaRoot(folder))
+        assert parse_prompts([outside], "c.jsonl", folder)  # the CLI's own files: as given

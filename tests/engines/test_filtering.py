@@ -77,4 +77,4 @@ def test_a_bad_pool_is_named(tiny_dir, tmp_path, capsys):
         '{"id": "a", "images": [], "query": "q", "response_1": "x", "response_2": "y", "label": 3}\n'
     )
     assert main(["filter", str(tiny_dir), str(pool), "--out-dir", str(tmp_path / "o")]) == 2
-    assert "record 'a' has label 3; expected 1 or 2" in capsys.readouterr().err
+    assert "row 1 (id 'a'): label is 3; expected 1 or 2" in capsys.readouterr().err

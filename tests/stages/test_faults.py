@@ -150,3 +150,120 @@ def test_within_the_error_budget_annotate_finishes_and_the_next_run_retries_the_
     assert read_manifest(store, "small", "annotate").unfinished == 0
     _, done = quiet(run, tmp_path / "work", stop="annotate")
     assert [o.state for o in done] == ["skipped", "skipped"]
+
+
+def native_dataset(folder: Path, pools: dict[str, int]) -> dict:
+    """Synthetic pairs written as a user's own native dataset (images relative to the files), and
+    the data block of a run reading them."""
+    import json
+
+    from egt.data.synthetic import generate_split
+
+    data = {}
+    for name, n in pools.items():
+        records = generate_split(folder, name, n, 1)
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        data[name] = {"uri": str(folder / f"{name}.jsonl")}
+    return {"sft": data["sft"], "rl": data["rl"], "eval": {"held": data["eval"]}}
+
+
+def rewrite(path: Path, change) -> None:
+    import json
+
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    change(records)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def own_data_run(small_run_doc: dict, tmp_path: Path, data: dict):
+    small_run_doc["spec"]["data"] = data
+    small_run_doc["spec"]["annotate"]["teacher"] = {
+        "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "never-asked",
+    }  # fmt: skip
+    return make_run(small_run_doc, str(tmp_path / "store"))
+
+
+def test_image_references_resolve_only_inside_the_datasets_root(small_run_doc, tmp_path: Path) -> None:
+    """Row 3: an absolute path, '..', file:// and another bucket are refused at prepare, every one
+    named with its record, before anything is read or sent to a teacher."""
+    data = native_dataset(tmp_path / "data", {"sft": 4, "rl": 4, "eval": 2})
+    (tmp_path / "secret.png").write_bytes((tmp_path / "data" / "images").iterdir().__next__().read_bytes())
+    outside = [
+        "../secret.png",
+        str(tmp_path / "secret.png"),
+        f"file://{tmp_path}/secret.png",
+        "s3://other/x.png",
+    ]
+
+    def reach_out(records):
+        for record, ref in zip(records, outside, strict=True):
+            record["images"] = [ref]
+
+    rewrite(tmp_path / "data" / "rl.jsonl", reach_out)
+    run = own_data_run(small_run_doc, tmp_path, data)
+    with pytest.raises(ValueError) as refused:
+        quiet(run, tmp_path / "work", stop="prepare")
+    message = str(refused.value)
+    assert "4 problem(s) in 4 records" in message
+    for row, ref in enumerate(outside, start=1):
+        assert (
+            f"row {row} (id 'rl-00000{row - 1}'): media path {ref!r} is absolute or leaves the data root"
+            in message
+        )
+    assert read_manifest(open_store(str(tmp_path / "store")), "small", "prepare") is None
+
+    # Inside the root (here a wider root given in the spec) the same file is fine.
+    rewrite(tmp_path / "data" / "rl.jsonl", lambda rs: [r.update(images=["secret.png"]) for r in rs])
+    data["rl"]["root"] = str(tmp_path)
+    small_run_doc["spec"]["data"] = data
+    quiet(own_data_run(small_run_doc, tmp_path, data), tmp_path / "work", stop="prepare")
+    store = open_store(str(tmp_path / "store"))
+    prepared = read_records(store, "small/prepare/data/rl.jsonl")
+    assert {r["images"][0] for r in prepared} == {(tmp_path / "secret.png").as_uri()}
+
+
+def test_bad_records_and_images_are_all_named_at_prepare(small_run_doc, tmp_path: Path) -> None:
+    """Row 5: an undecodable image in the RL pool, wrong types and empty images are found at prepare
+    (not at probe after SFT), every bad record of the dataset in one error naming file, row, id,
+    reference and reason."""
+    data = native_dataset(tmp_path / "data", {"sft": 4, "rl": 6, "eval": 2})
+    broken = tmp_path / "data" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+
+    def spoil(records):
+        records[0]["images"] = ["broken.png"]
+        records[1]["images"] = [123]
+        records[2]["label"] = True
+        records[3]["query"] = None
+        records[4]["images"] = []
+        records[5]["images"] = ["missing.png"]
+
+    rewrite(tmp_path / "data" / "rl.jsonl", spoil)
+    with pytest.raises(ValueError) as refused:
+        quiet(own_data_run(small_run_doc, tmp_path, data), tmp_path / "work", stop="prepare")
+    message = str(refused.value)
+    assert message.startswith(f"{tmp_path / 'data' / 'rl.jsonl'}: 6 problem(s) in 6 records:")
+    for line in (
+        "row 1 (id 'rl-000000'): image 'broken.png': the image does not decode: cannot identify image file",
+        "row 2 (id 'rl-000001'): image reference 123 is not a non-empty string",
+        "row 3 (id 'rl-000002'): label is True; expected 1 or 2",
+        "row 4 (id 'rl-000003'): query must be a string, got NoneType",
+        "row 5 (id 'rl-000004'): no images",
+        "row 6 (id 'rl-000005'): image 'missing.png' not found under",
+    ):
+        assert line in message, message
+
+
+def test_replacing_an_image_reruns_what_depends_on_the_dataset(small_run_doc, tmp_path: Path) -> None:
+    """Row 5: image bytes take part in the dataset's identity, not only the records file's."""
+    data = native_dataset(tmp_path / "data", {"sft": 4, "rl": 4, "eval": 2})
+    run = own_data_run(small_run_doc, tmp_path, data)
+    quiet(run, tmp_path / "work", stop="prepare")
+    _, again = quiet(run, tmp_path / "work", stop="prepare")
+    assert again[0].state == "skipped"
+    image = sorted((tmp_path / "data" / "images").rglob("*.png"))[0]
+    from PIL import Image
+
+    Image.new("RGB", (56, 56), (1, 2, 3)).save(image)
+    _, replaced = quiet(run, tmp_path / "work", stop="prepare")
+    assert replaced[0].state == "succeeded"
