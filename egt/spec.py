@@ -42,13 +42,16 @@ SINGLE_POD_STAGES = ("prepare", "annotate", "curate", "evaluate", "score", "filt
 TrainedModel = Literal["sft", "rl", "scalar"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
+# More samples than any preference pool holds (R1-Reward's RL pool: 17k): a count past it is a typo.
+MAX_POOL = 10_000_000
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class Section(BaseModel):
-    """Base for every spec section: unknown fields are errors, so typos never pass silently."""
+    """Base for every spec section: unknown fields are errors, so typos never pass silently; so are
+    infinite and NaN numbers (YAML's .inf and .nan), which no setting means."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class StoreSpec(Section):
@@ -71,6 +74,8 @@ class StoreSpec(Section):
     def _known_scheme(cls, uri: str) -> str:
         if "://" in uri and not uri.startswith(("file://", "s3://")):
             raise ValueError(f"store uri {uri!r} must start with file:// or s3://")
+        if uri.startswith("s3://") and not uri[5:].split("/", 1)[0]:
+            raise ValueError(f"store uri {uri!r} has no bucket; expected s3://bucket/prefix")
         return uri
 
 
@@ -128,6 +133,8 @@ class SyntheticDataSpec(Section):
 def _path_or_store_uri(uri: str | None) -> str | None:
     if uri is not None and "://" in uri and not uri.startswith(("file://", "s3://")):
         raise ValueError(f"{uri!r} must be a path or start with file:// or s3://")
+    if uri is not None and uri.startswith("s3://") and not uri[5:].split("/", 1)[0]:
+        raise ValueError(f"{uri!r} has no bucket; expected s3://bucket/key")
     return uri
 
 
@@ -321,12 +328,12 @@ class DeepSpeedSpec(Section):
 class SFTSpec(DeepSpeedSpec):
     """Stage 2: supervised fine-tuning on the trajectories (DeepSpeed ZeRO)."""
 
-    epochs: float = Field(1.0, gt=0, description="Passes over the trajectories (paper: 1).")
+    epochs: float = Field(1.0, gt=0, le=1000, description="Passes over the trajectories (paper: 1).")
     global_batch_size: PositiveInt = Field(
         256, description="Sequences per optimizer step, all ranks (paper: 256)."
     )
     micro_batch_size: PositiveInt = Field(1, description="Sequences per forward pass per rank.")
-    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (paper: 1e-5).")
+    learning_rate: float = Field(1e-5, gt=0, le=1, description="Peak learning rate (paper: 1e-5).")
     warmup_ratio: Fraction = Field(0.03, description="Share of steps with linear warmup; cosine decay after.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_length: PositiveInt = Field(
@@ -347,8 +354,8 @@ class ScalarPhaseSpec(Section):
     """The scalar stage's second phase (Skywork-VL Reward §4.1): training goes on over the SFT pool and
     data.scalar_extra together, at a lower learning rate."""
 
-    epochs: float = Field(2.0, gt=0, description="Passes over the phase's pairs (Skywork-VL: 2).")
-    learning_rate: float = Field(1e-6, gt=0, description="Peak learning rate, below the first phase's.")
+    epochs: float = Field(2.0, gt=0, le=1000, description="Passes over the phase's pairs (Skywork-VL: 2).")
+    learning_rate: float = Field(1e-6, gt=0, le=1, description="Peak learning rate, below the first phase's.")
     warmup_ratio: Fraction = Field(0.0, description="Share of the phase's steps with linear warmup.")
 
 
@@ -367,14 +374,14 @@ class ScalarTrainSpec(DeepSpeedSpec):
         default_factory=lambda: ["vision"],
         description="Parts not trained: Skywork-VL freezes the vision encoder, IXC-2.5 also the projector.",
     )
-    epochs: float = Field(2.0, gt=0, description="Passes over the pairs (Skywork-VL: 2 per phase).")
+    epochs: float = Field(2.0, gt=0, le=1000, description="Passes over the pairs (Skywork-VL: 2 per phase).")
     global_batch_size: PositiveInt = Field(
         256, description="Pairs per optimizer step, all ranks (IXC-2.5: 256)."
     )
     micro_batch_size: PositiveInt = Field(
         1, description="Pairs per forward pass per rank (two sequences each)."
     )
-    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (IXC-2.5: 1e-5).")
+    learning_rate: float = Field(1e-5, gt=0, le=1, description="Peak learning rate (IXC-2.5: 1e-5).")
     warmup_ratio: Fraction = Field(0.03, description="Share of steps with linear warmup; cosine decay after.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_length: PositiveInt = Field(
@@ -486,7 +493,10 @@ class CurateSpec(Section):
         description="answer-token entropy (eq. 3), reasoning-sentence entropy (eq. 4) or their product.",
     )
     keep: PositiveInt | None = Field(
-        2500, description="Samples kept (paper: 2,500 of 17k). Excludes percentile."
+        2500,
+        le=MAX_POOL,
+        description="Samples kept (paper: 2,500 of 17k); more than the pool keeps it all. Excludes "
+        "percentile.",
     )
     percentile: float | None = Field(
         None, gt=0, le=100, description="Keep entropies below this percentile instead of a count."
@@ -522,7 +532,7 @@ class RLSpec(DeepSpeedSpec):
     )
     global_batch_size: PositiveInt = Field(224, description="Prompts per update (paper: 224).")
     micro_batch_size: PositiveInt = Field(4, description="Sequences per learner forward pass.")
-    learning_rate: float = Field(1e-6, gt=0, description="Learning rate (paper: 1e-6).")
+    learning_rate: float = Field(1e-6, gt=0, le=1, description="Learning rate (paper: 1e-6).")
     rollouts_per_prompt: PositiveInt = Field(1, description="Samples per prompt.")
     max_new_tokens: PositiveInt = Field(1024, description="Rollout length budget.")
     temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature.")

@@ -32,6 +32,7 @@ from egt.engines import deepspeed_engine
 from egt.engines.checkpoint import load_checkpoint, save_checkpoint
 from egt.engines.deepspeed_engine import full_parameters
 from egt.engines.distributed import World, all_reduce_sum, barrier, rank_micro_batches
+from egt.engines.finite import require_finite
 from egt.engines.hf import Generation, HFJudge, JudgeInput
 from egt.judge import is_well_formed, parse_answer
 from egt.spec import RLSpec
@@ -261,9 +262,12 @@ class Learner:
                 for name, value in stats.items():
                     local[name] = local.get(name, 0.0) + value * share
             engine.step()
-            for name, value in local.items():
-                totals[name] = totals.get(name, 0.0) + all_reduce_sum(value)
-            totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(engine.get_global_grad_norm())
+            reduced = {name: all_reduce_sum(value) for name, value in local.items()}
+            norm = float(engine.get_global_grad_norm())
+            require_finite(f"RL update {steps + 1} of the batch", loss=reduced.get("loss"), grad_norm=norm)
+            for name, value in reduced.items():
+                totals[name] = totals.get(name, 0.0) + value
+            totals["grad_norm"] = totals.get("grad_norm", 0.0) + norm
             steps += 1
         engine.eval()
         return {name: value / steps for name, value in totals.items()}

@@ -41,6 +41,7 @@ from egt.algorithms.losses import chunked_linear_nll_sum, sft_nll_loss
 from egt.engines import checkpoint, deepspeed_engine
 from egt.engines.deepspeed_engine import full_parameters
 from egt.engines.distributed import World, all_reduce_sum, barrier, rank_micro_batches
+from egt.engines.finite import require_finite
 from egt.engines.hf import HFJudge, JudgeInput
 from egt.spec import ScalarTrainSpec, SFTSpec
 from egt.storage.store import ArtifactStore
@@ -198,10 +199,11 @@ def train(
             engine.step()
             if rows:
                 local_nll += nll.item()
-        norm = engine.get_global_grad_norm()
+        loss, norm = all_reduce_sum(local_nll) / tokens, float(engine.get_global_grad_norm())
+        require_finite(f"step {step + 1} of {steps}", loss=loss, grad_norm=norm)  # same on every rank
         state.step = step + 1
-        state.losses.append(all_reduce_sum(local_nll) / tokens)
-        state.grad_norms.append(float(norm))
+        state.losses.append(loss)
+        state.grad_norms.append(norm)
         on_step(state)
     engine.eval()
     return state

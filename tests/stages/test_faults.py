@@ -267,3 +267,54 @@ def test_replacing_an_image_reruns_what_depends_on_the_dataset(small_run_doc, tm
     Image.new("RGB", (56, 56), (1, 2, 3)).save(image)
     _, replaced = quiet(run, tmp_path / "work", stop="prepare")
     assert replaced[0].state == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value", "expected"),
+    [
+        ("sft", "learning_rate", float("inf"), "spec.sft.learning_rate: Input should be a finite number"),
+        ("sft", "learning_rate", 1e30, "spec.sft.learning_rate: Input should be less than or equal to 1"),
+        ("rl", "alpha", float("nan"), "spec.rl.alpha: Input should be a finite number"),
+        ("rl", "temperature", float("nan"), "spec.rl.temperature: Input should be a finite number"),
+        ("sft", "max_grad_norm", float("nan"), "spec.sft.max_grad_norm: Input should be a finite number"),
+        ("sft", "epochs", float("inf"), "spec.sft.epochs: Input should be a finite number"),
+        ("curate", "keep", 10**12, "spec.curate.keep: Input should be less than or equal to 10000000"),
+        ("store", "uri", "s3:///runs", "store uri 's3:///runs' has no bucket"),
+    ],
+)
+def test_the_spec_refuses_non_finite_and_absurd_numbers(small_run_doc, section, field, value, expected):
+    """Row 4: numbers no setting means are refused before anything runs."""
+    from egt.spec import SpecError, parse_run
+
+    small_run_doc["spec"].setdefault(section, {})[field] = value
+    with pytest.raises(SpecError) as refused:
+        parse_run(small_run_doc, "run.yaml")
+    assert expected in str(refused.value)
+
+
+def test_training_stops_at_the_first_non_finite_step_keeping_the_last_finite_checkpoint(
+    small_run_doc, tmp_path: Path, monkeypatch
+) -> None:
+    """Row 4: a loss that turns NaN at step 2 (injected) stops SFT at that step, named, before it is
+    recorded or checkpointed; no model and no manifest are written, and the step-1 checkpoint stays."""
+    import math
+
+    from egt.engines import sft as sft_engine
+    from egt.engines.finite import NonFiniteTrainingError
+
+    small_run_doc["spec"]["sft"]["global_batch_size"] = 4  # 16 pairs: several steps
+    run = make_run(small_run_doc, str(tmp_path / "store"))
+    quiet(run, tmp_path / "work", stop="annotate")
+    real, calls = sft_engine.token_nll_sum, []
+
+    def nan_from_step_2(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * math.nan if len(calls) > 1 else loss  # one micro-batch per step here
+
+    monkeypatch.setattr(sft_engine, "token_nll_sum", nan_from_step_2)
+    with pytest.raises(NonFiniteTrainingError, match=r"step 2 of \d+: loss nan"):
+        quiet(run, tmp_path / "work", start="sft", stop="sft")
+    store = open_store(str(tmp_path / "store"))
+    assert read_manifest(store, "small", "sft") is None and not store.list("small/sft/model")
+    assert store.read_json("small/sft/checkpoints/latest.json")["tag"] == "step-0000001"
