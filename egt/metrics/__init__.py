@@ -2,13 +2,16 @@
 
 Stages are batch jobs, so each keeps its own registry and pushes it to a Pushgateway (when one is
 configured) under the grouping key {run, stage, shard}. Pushing replaces the group, so a retried
-stage never leaves stale series behind. Names follow Prometheus conventions: the ``egt_`` prefix,
-base units, ``_total`` for counters; labels stay bounded (no sample ids).
+stage never leaves stale series behind. A push runs on a background thread with a short timeout, so
+a slow or unreachable gateway never stalls a training step; pushes asked for while one is in flight
+are folded into the next (the registry's latest values). Names follow Prometheus conventions: the
+``egt_`` prefix, base units, ``_total`` for counters; labels stay bounded (no sample ids).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, push_to_gateway
 
@@ -16,6 +19,7 @@ log = logging.getLogger(__name__)
 
 # Entropy in nats: from a confident 0 to the uniform distribution over Qwen's vocabulary (~11.9).
 ENTROPY_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 12.0)
+PUSH_TIMEOUT_S = 5.0  # a Pushgateway that takes longer is down, as far as a training step cares
 
 
 class StageMetrics:
@@ -28,6 +32,9 @@ class StageMetrics:
         self.registry = CollectorRegistry()
         self._gauges: dict[str, Gauge] = {}
         self._histograms: dict[str, Histogram] = {}
+        self._pushes = threading.Condition()
+        self._asked = self._done = 0  # pushes asked for, and the latest of them pushed (or failed)
+        self._pusher: threading.Thread | None = None
 
     def set(self, name: str, value: float, help_text: str = "", **labels: str) -> None:
         """Set gauge ``egt_<name>`` (labels: run, stage, plus ``labels``)."""
@@ -53,13 +60,40 @@ class StageMetrics:
         for value in values:
             child.observe(value)
 
-    def push(self) -> None:
-        """Push to the Pushgateway; a failed push is logged, never fatal to the stage's work."""
+    def push(self, wait: bool = False) -> None:
+        """Push the current values to the Pushgateway in the background; with ``wait``, return once
+        they are pushed (or the push failed: at most about PUSH_TIMEOUT_S). A failed push is logged,
+        never fatal to the stage's work."""
         if not self.pushgateway:
             return
-        try:
-            push_to_gateway(
-                self.pushgateway, job="egt", registry=self.registry, grouping_key=self.grouping_key
-            )
-        except OSError as error:
-            log.warning("could not push metrics to %s: %s", self.pushgateway, error)
+        with self._pushes:
+            self._asked += 1
+            asked = self._asked
+            if self._pusher is None or not self._pusher.is_alive():
+                self._pusher = threading.Thread(target=self._push_loop, name="egt-metrics-push", daemon=True)
+                self._pusher.start()
+            self._pushes.notify_all()
+            if wait:
+                self._pushes.wait_for(lambda: self._done >= asked, timeout=2 * PUSH_TIMEOUT_S)
+
+    def _push_loop(self) -> None:
+        """Push whenever asked; exit after a while with nothing asked (a later push starts anew)."""
+        while True:
+            with self._pushes:
+                if not self._pushes.wait_for(lambda: self._asked > self._done, timeout=60):
+                    self._pusher = None
+                    return
+                asked = self._asked
+            try:
+                push_to_gateway(
+                    self.pushgateway,
+                    job="egt",
+                    registry=self.registry,
+                    grouping_key=self.grouping_key,
+                    timeout=PUSH_TIMEOUT_S,
+                )
+            except OSError as error:
+                log.warning("could not push metrics to %s: %s", self.pushgateway, error)
+            with self._pushes:
+                self._done = asked
+                self._pushes.notify_all()

@@ -266,5 +266,5 @@ def _execute(stage, run, store, workdir, force, progress, part, body) -> StageOu
             write_manifest(store, run.name, unit, manifest)
             if not manifest.unfinished:
                 register(store, manifest)
-        metrics.push()
+        metrics.push(wait=True)  # the stage's last values, before its process exits
     return StageOutcome(unit, "succeeded", manifest, seconds)

@@ -42,7 +42,7 @@ def test_push_gauge_and_histogram(pushgateway, pushgateway_metrics):
     metrics = StageMetrics(run="r1", stage="probe", pushgateway=pushgateway)
     metrics.set("probe_accuracy_ratio", 0.5, "Share of probe answers that match the label.")
     metrics.observe("probe_answer_entropy_nats", [0.1, 2.0, float("inf")], BUCKETS, "Answer-token entropy.")
-    metrics.push()
+    metrics.push(wait=True)
     text = pushgateway_metrics()
 
     # The exposition line itself, labels in any order, as a scraper sees it.
@@ -76,7 +76,7 @@ def test_second_push_replaces_the_group(pushgateway, pushgateway_metrics):
     first.set("rl_reward_mean", 0.25)
     first.set("rl_only_in_first_push", 1.0)
     first.observe("rl_advantage", [0.0, 1.0], BUCKETS)
-    first.push()
+    first.push(wait=True)
     text = pushgateway_metrics()
     assert _values(text, "egt_rl_only_in_first_push", **group) == [1.0]
     assert _values(text, "egt_rl_advantage_count", **group) == [2.0]
@@ -84,7 +84,7 @@ def test_second_push_replaces_the_group(pushgateway, pushgateway_metrics):
     # A retried stage starts from a fresh registry: what it does not push must disappear.
     second = StageMetrics(run="r-replace", stage="rl", pushgateway=pushgateway)
     second.set("rl_reward_mean", 0.75)
-    second.push()
+    second.push(wait=True)
     text = pushgateway_metrics()
     assert _values(text, "egt_rl_reward_mean", **group) == [0.75]
     assert "egt_rl_only_in_first_push" not in text
@@ -100,11 +100,11 @@ def test_groups_are_separate_per_shard_and_stage(pushgateway, pushgateway_metric
     shard1.set("probe_samples", 20)
     curate.set("curate_kept", 5)
     for metrics in (shard0, shard1, curate):
-        metrics.push()
+        metrics.push(wait=True)
     # Re-pushing shard 1 must not touch shard 0 or the curate group.
     shard1_again = StageMetrics(run="r-shards", stage="probe", pushgateway=pushgateway, shard="1")
     shard1_again.set("probe_samples", 21)
-    shard1_again.push()
+    shard1_again.push(wait=True)
 
     text = pushgateway_metrics()
     assert _values(text, "egt_probe_samples", run="r-shards", shard="0") == [10.0]
@@ -133,16 +133,38 @@ def test_push_to_a_dead_gateway_warns_and_does_not_raise(caplog):
     metrics.set("probe_accuracy_ratio", 0.5)
     began = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="egt.metrics"):
-        metrics.push()
+        metrics.push(wait=True)
     assert time.monotonic() - began < 5
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "egt.metrics"]
     assert len(warnings) == 1, caplog.text
     assert address in warnings[0].getMessage()
 
 
+def test_a_gateway_that_never_answers_does_not_stall_the_caller(caplog):
+    """A training step pushes every step: against a gateway that accepts and then hangs, push()
+    returns at once, and a waited push gives up after the push timeout with a warning."""
+    from egt.metrics import PUSH_TIMEOUT_S
+
+    with socket.socket() as hanging:
+        hanging.bind(("127.0.0.1", 0))
+        hanging.listen()  # connections are accepted by the kernel, and never answered
+        address = f"127.0.0.1:{hanging.getsockname()[1]}"
+        metrics = StageMetrics(run="r1", stage="sft", pushgateway=address)
+        metrics.set("sft_loss", 1.0)
+        began = time.monotonic()
+        for _ in range(20):
+            metrics.push()
+        assert time.monotonic() - began < 0.5
+        with caplog.at_level(logging.WARNING, logger="egt.metrics"):
+            metrics.push(wait=True)
+        waited = time.monotonic() - began
+    assert waited < 3 * PUSH_TIMEOUT_S, waited
+    assert "could not push metrics" in caplog.text
+
+
 def test_no_gateway_is_a_no_op(caplog):
     metrics = StageMetrics(run="r1", stage="probe", pushgateway=None)
     metrics.set("probe_accuracy_ratio", 0.5)
     with caplog.at_level(logging.DEBUG, logger="egt.metrics"):
-        metrics.push()
+        metrics.push(wait=True)
     assert not caplog.records
