@@ -29,6 +29,7 @@ from egt import __version__
 from egt.engines.distributed import world
 from egt.metrics import StageMetrics
 from egt.spec import EGTRun, EGTRunSpec
+from egt.storage.lease import LEASE_FILE, hold
 from egt.storage.manifest import (
     Manifest,
     config_hash,
@@ -209,14 +210,30 @@ def _execute(stage, run, store, workdir, force, progress, part, body) -> StageOu
     started = time.monotonic()
     unit = unit_name(stage.name, part)
     chash, inputs = stage_identity(stage, run, store)
-    if not force and part is None:
-        done = done_with_identity(store, run.name, unit, chash, inputs)
+    done = None if force else _done(store, run.name, unit, part, chash, inputs)
+    if done is not None:
+        return done
+    if not world().is_main:  # rank 0 holds the lease for the whole launch
+        return _attempt(stage, run, store, workdir, force, progress, part, body, started, chash, inputs)
+    with hold(store, f"{run.name}/{unit}/{LEASE_FILE}", f"stage {unit} of run {run.name}"):
+        # Whoever held the lease before may have just finished the stage.
+        done = None if force else _done(store, run.name, unit, part, chash, inputs)
         if done is not None:
             return done
-    elif not force and is_up_to_date(store, run.name, unit, chash, inputs):
-        log.info("%s: up to date, skipped", unit)
-        return StageOutcome(unit, "skipped", read_manifest(store, run.name, unit), 0.0)
+        return _attempt(stage, run, store, workdir, force, progress, part, body, started, chash, inputs)
 
+
+def _done(store, run: str, unit: str, part, chash: str, inputs: dict[str, str]) -> StageOutcome | None:
+    if part is None:
+        return done_with_identity(store, run, unit, chash, inputs)
+    if is_up_to_date(store, run, unit, chash, inputs):
+        log.info("%s: up to date, skipped", unit)
+        return StageOutcome(unit, "skipped", read_manifest(store, run, unit), 0.0)
+    return None
+
+
+def _attempt(stage, run, store, workdir, force, progress, part, body, started, chash, inputs) -> StageOutcome:
+    unit = unit_name(stage.name, part)
     # In a multi-process launch (torchrun) only rank 0 clears, writes the manifest and pushes metrics;
     # the stage joins its process group before reading anything, so no rank sees a half-cleared prefix.
     main = world().is_main
@@ -226,7 +243,12 @@ def _execute(stage, run, store, workdir, force, progress, part, body) -> StageOu
     if main and (force or previous != identity):
         # Shards and checkpoints of another config or other inputs must not leak into this attempt;
         # a merge keeps the parts it is about to join.
-        stale = [k for k in store.list(f"{run.name}/{unit}") if part is not None or "/part-" not in k]
+        lease = f"{run.name}/{unit}/{LEASE_FILE}"
+        stale = [
+            k
+            for k in store.list(f"{run.name}/{unit}")
+            if (part is not None or "/part-" not in k) and k != lease
+        ]
         for key in stale:
             store.delete(key)
         store.write_json(attempt_key, identity)

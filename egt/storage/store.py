@@ -112,6 +112,11 @@ class ArtifactStore(ABC):
         """Write atomically: a reader sees the old object, or the whole new one."""
 
     @abstractmethod
+    def create(self, key: str, data: bytes) -> bool:
+        """Write the object only if none exists at the key (atomically where the store can: a file
+        link, S3's If-None-Match); False when one did."""
+
+    @abstractmethod
     def exists(self, key: str) -> bool:
         """Whether an object exists at exactly this key (a prefix with objects under it is not one)."""
 
@@ -201,6 +206,20 @@ class FileStore(ArtifactStore):
 
     def write_bytes(self, key: str, data: bytes) -> None:
         _atomic_write(self._path(check_key(key)), lambda f: f.write(data))
+
+    def create(self, key: str, data: bytes) -> bool:
+        path = self._path(check_key(key))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{BOOKKEEPING_PREFIX}tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.link(tmp, path)  # fails if the path exists: two creators cannot both succeed
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         return self._path(check_key(key)).is_file()
@@ -362,6 +381,21 @@ class S3Store(ArtifactStore):
     def write_bytes(self, key: str, data: bytes) -> None:
         with self._errors(key):
             self._s3.put_object(Bucket=self.bucket, Key=self._key(check_key(key)), Body=data)
+
+    def create(self, key: str, data: bytes) -> bool:
+        try:
+            with self._errors(key):
+                self._s3.put_object(
+                    Bucket=self.bucket, Key=self._key(check_key(key)), Body=data, IfNoneMatch="*"
+                )
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in (
+                "PreconditionFailed",
+                "ConditionalRequestConflict",
+            ):
+                return False
+            raise
+        return True
 
     def exists(self, key: str) -> bool:
         try:

@@ -4,6 +4,7 @@ with their tests."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -318,3 +319,53 @@ def test_training_stops_at_the_first_non_finite_step_keeping_the_last_finite_che
     store = open_store(str(tmp_path / "store"))
     assert read_manifest(store, "small", "sft") is None and not store.list("small/sft/model")
     assert store.read_json("small/sft/checkpoints/latest.json")["tag"] == "step-0000001"
+
+
+def test_two_runners_of_one_stage_one_works_the_other_stops_naming_it(small_run_doc, tmp_path: Path) -> None:
+    """Row 6: two `egt run --force annotate` at once on the same run and store. Both did the work,
+    and deleted each other's files; now the second finds the first's lease renewed and stops,
+    naming it, and the first finishes a complete stage."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from egt.teachers.server import serve
+
+    server, _ = serve(latency_s=0.25)  # 16 pairs one at a time: annotate takes ~4 s
+    try:
+        small_run_doc["spec"]["annotate"]["teacher"] = {
+            "kind": "openai", "base_url": server.base_url, "model": "scripted",
+            "api_key_env": "EGT_TEST_TEACHER_KEY", "max_concurrency": 1,
+        }  # fmt: skip
+        run = make_run(small_run_doc, str(tmp_path / "store"))
+        quiet(run, tmp_path / "work", stop="prepare")
+        spec_file = tmp_path / "run.yaml"
+        spec_file.write_text(yaml.safe_dump(run.model_dump(mode="json")))
+        env = {**os.environ, "EGT_TEST_TEACHER_KEY": "local", "EGT_LEASE_SECONDS": "1.5"}
+        command = [sys.executable, "-m", "egt.cli", "run", str(spec_file), "--local", "-q", "--no-report",
+                   "--from", "annotate", "--until", "annotate", "--force", "annotate"]  # fmt: skip
+        runners = []
+        for name in ("a", "b"):
+            runners.append(
+                subprocess.Popen(
+                    [*command, "--workdir", str(tmp_path / name)],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            time.sleep(0.5)
+        results = [(r.wait(timeout=120), *r.communicate()) for r in runners]
+    finally:
+        server.close()
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 1], results
+    stopped = next(err for code, _, err in results if code == 1)
+    assert "stage annotate of run small is being run by" in stopped and f"pid {runners[0].pid}" in stopped
+    store = open_store(str(tmp_path / "store"))
+    assert read_manifest(store, "small", "annotate").counts["pairs"] == 16
+    assert len(read_records(store, "small/annotate/annotated.jsonl")) == 16
+    assert not store.exists("small/annotate/lease.json")

@@ -186,3 +186,12 @@ def test_missing_bucket_is_not_found(s3_server: S3Server) -> None:
     store = S3Store("no-such-bucket", endpoint_url=s3_server.endpoint_url)
     with pytest.raises(FileNotFoundError, match="s3://no-such-bucket/k"):
         store.read_bytes("k")
+
+
+def test_create_writes_only_where_nothing_is(artifact_store: ArtifactStore) -> None:
+    """The primitive a stage's lease rests on: of two creators of one key, one wins."""
+    assert artifact_store.create("run/sft/lease.json", b"first")
+    assert not artifact_store.create("run/sft/lease.json", b"second")
+    assert artifact_store.read_bytes("run/sft/lease.json") == b"first"
+    artifact_store.delete("run/sft/lease.json")
+    assert artifact_store.create("run/sft/lease.json", b"third")
