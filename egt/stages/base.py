@@ -6,7 +6,9 @@ it depends on. ``execute_stage`` wraps it the same way for the local runner and 
 1. the stage's identity is (hash of its config, digests of its upstream manifests);
 2. if ``<run>/<stage>/manifest.json`` already has that identity, the stage is skipped;
 3. if an earlier attempt with the same identity was interrupted, its finished shards and
-   checkpoints are kept and the stage resumes; with another identity they are cleared first;
+   checkpoints are kept and the stage resumes; with another identity they are cleared first, but
+   the earlier finished result (manifest and outputs) stays until the new attempt starts writing
+   its outputs (egt.storage.replacing), so a failed attempt costs nothing already done;
 4. the stage writes its outputs, then the manifest last, then pushes its metrics.
 
 A stage that fans out over nodes (probe) runs as parts: part i of N processes its slice of the pool
@@ -35,11 +37,13 @@ from egt.storage.manifest import (
     config_hash,
     is_up_to_date,
     manifest_digest,
+    manifest_key,
     read_manifest,
     register,
     reuse,
     write_manifest,
 )
+from egt.storage.replacing import ReplacingStore, earlier_outputs, remove_output
 from egt.storage.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -240,26 +244,34 @@ def _attempt(stage, run, store, workdir, force, progress, part, body, started, c
     attempt_key = f"{run.name}/{unit}/{ATTEMPT_FILE}"
     identity = {"config_hash": chash, "inputs": inputs}
     previous = store.read_json(attempt_key) if store.exists(attempt_key) else None
+    # The earlier finished result stays until this attempt starts writing its outputs
+    # (egt.storage.replacing): a failed attempt must not cost it.
+    standing = read_manifest(store, run.name, unit)
+    standing_bytes = store.read_bytes(manifest_key(run.name, unit)) if standing is not None else None
+    earlier = earlier_outputs(standing, run.name, unit)
+    kept = {f"{run.name}/{unit}/{LEASE_FILE}", manifest_key(run.name, unit)}
     if main and (force or previous != identity):
         # Shards and checkpoints of another config or other inputs must not leak into this attempt;
         # a merge keeps the parts it is about to join.
-        lease = f"{run.name}/{unit}/{LEASE_FILE}"
         stale = [
             k
             for k in store.list(f"{run.name}/{unit}")
-            if (part is not None or "/part-" not in k) and k != lease
+            if (part is not None or "/part-" not in k)
+            and k not in kept
+            and not any(k == out or k.startswith(f"{out}/") for out in earlier)
         ]
         for key in stale:
             store.delete(key)
         store.write_json(attempt_key, identity)
     elif previous == identity:
         log.info("%s: resuming an interrupted attempt", unit)
+    stage_store = ReplacingStore(store, run.name, unit, earlier) if earlier else store
 
     shard = "all" if part is None else str(part[0])
     metrics = StageMetrics(run.name, stage.name, run.spec.metrics.pushgateway, shard)
     workdir = workdir / run.name / unit
     workdir.mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(run, store, stage.name, metrics, workdir, progress, part)
+    ctx = StageContext(run, stage_store, stage.name, metrics, workdir, progress, part)
     started_at = datetime.now(UTC).isoformat()
     result = body(ctx)
     seconds = time.monotonic() - started
@@ -278,15 +290,19 @@ def _attempt(stage, run, store, workdir, force, progress, part, body, started, c
         prefix=f"{run.name}/{unit}",
     )
     if main:
-        earlier = read_manifest(store, run.name, unit)
-        if _same_result(earlier, manifest):
+        if _same_result(standing, manifest):
             # A retry that changed nothing (the teacher still down for the same pairs): the earlier
-            # manifest stays, so downstream stages, named by its digest, do not run again for nothing.
+            # manifest stays, byte for byte, so downstream stages, named by its digest, do not run
+            # again for nothing.
             log.info("%s: the rerun changed nothing; the earlier result stands", unit)
-            manifest = earlier
+            store.write_bytes(manifest_key(run.name, unit), standing_bytes)
+            manifest = standing
         else:
             write_manifest(store, run.name, unit, manifest)
             if not manifest.unfinished:
                 register(store, manifest)
+            current = {manifest.output_key(run.name, name) for name in manifest.outputs}
+            for out in set(earlier) - current:  # earlier outputs this result no longer has
+                remove_output(store, out)
         metrics.push(wait=True)  # the stage's last values, before its process exits
     return StageOutcome(unit, "succeeded", manifest, seconds)

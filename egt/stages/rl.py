@@ -219,6 +219,9 @@ def run(ctx: StageContext) -> StageResult:
                 progress.set_postfix(reward=f"{record['reward_mean']:.3f}", acc=f"{record['accuracy']:.2f}")
                 if (step + 1) % spec.checkpoint_every_steps == 0 and step + 1 < total_steps:
                     driver.checkpoint(step + 1, history)
+        # The learners write the model with their own store: replace the earlier one through the
+        # stage's (egt.storage.replacing) so the earlier result is dropped whole, first.
+        ctx.store.delete_prefix(ctx.key("model"))
         driver.save_model(ctx.key("model"))
     finally:
         driver.close()

@@ -68,11 +68,15 @@ def hold(store: ArtifactStore, key: str, what: str, seconds: float | None = None
 
     def renew() -> None:
         while not stop.wait(seconds / 3):
-            held = _read(store, key)
-            if held is None or held.get("token") != me["token"]:
-                log.error("%s: lost its lease %s to %s", what, store.uri_for(key), (held or {}).get("owner"))
-                return
-            store.write_bytes(key, body())
+            try:
+                held = _read(store, key)
+                if held is None or held.get("token") != me["token"]:
+                    owner = (held or {}).get("owner")
+                    log.error("%s: lost its lease %s to %s", what, store.uri_for(key), owner)
+                    return
+                store.write_bytes(key, body())
+            except Exception as error:  # the store unreachable for a while: the work decides
+                log.warning("%s: could not renew its lease %s: %s", what, store.uri_for(key), error)
 
     renewer = threading.Thread(target=renew, name="egt-lease", daemon=True)
     renewer.start()
@@ -81,9 +85,14 @@ def hold(store: ArtifactStore, key: str, what: str, seconds: float | None = None
     finally:
         stop.set()
         renewer.join()
-        held = _read(store, key)
-        if held is not None and held.get("token") == me["token"]:
-            store.delete(key)
+        try:
+            held = _read(store, key)
+            if held is not None and held.get("token") == me["token"]:
+                store.delete(key)
+        except Exception as error:  # never hide the work's own outcome: the lease expires anyway
+            log.warning(
+                "%s: could not release its lease %s (it expires): %s", what, store.uri_for(key), error
+            )
 
 
 def _acquire(store: ArtifactStore, key: str, what: str, body, token: str, seconds: float) -> None:

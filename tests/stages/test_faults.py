@@ -293,19 +293,27 @@ def test_the_spec_refuses_non_finite_and_absurd_numbers(small_run_doc, section, 
     assert expected in str(refused.value)
 
 
-def test_training_stops_at_the_first_non_finite_step_keeping_the_last_finite_checkpoint(
+def test_training_stops_at_the_first_non_finite_step_and_the_earlier_model_is_kept(
     small_run_doc, tmp_path: Path, monkeypatch
 ) -> None:
-    """Row 4: a loss that turns NaN at step 2 (injected) stops SFT at that step, named, before it is
-    recorded or checkpointed; no model and no manifest are written, and the step-1 checkpoint stays."""
+    """Row 4: SFT trained once; the config changes and the loss turns NaN at step 2 (injected).
+    Training stops at that step, named, before it is recorded or checkpointed: no NaN model, no
+    manifest of the new config, the step-1 checkpoint kept. The earlier model and manifest are
+    still there (they were deleted the moment the config changed), so reverting skips SFT."""
     import math
 
     from egt.engines import sft as sft_engine
     from egt.engines.finite import NonFiniteTrainingError
 
     small_run_doc["spec"]["sft"]["global_batch_size"] = 4  # 16 pairs: several steps
-    run = make_run(small_run_doc, str(tmp_path / "store"))
-    quiet(run, tmp_path / "work", stop="annotate")
+    good = make_run(small_run_doc, str(tmp_path / "store"))
+    quiet(good, tmp_path / "work", stop="sft")
+    store = open_store(str(tmp_path / "store"))
+    trained = read_manifest(store, "small", "sft")
+    model_files = {key: store.read_bytes(key) for key in store.list("small/sft/model")}
+
+    small_run_doc["spec"]["sft"]["learning_rate"] = 1e-2
+    changed = make_run(small_run_doc, str(tmp_path / "store"))
     real, calls = sft_engine.token_nll_sum, []
 
     def nan_from_step_2(*args, **kwargs):
@@ -314,11 +322,15 @@ def test_training_stops_at_the_first_non_finite_step_keeping_the_last_finite_che
         return loss * math.nan if len(calls) > 1 else loss  # one micro-batch per step here
 
     monkeypatch.setattr(sft_engine, "token_nll_sum", nan_from_step_2)
-    with pytest.raises(NonFiniteTrainingError, match=r"step 2 of \d+: loss nan"):
-        quiet(run, tmp_path / "work", start="sft", stop="sft")
-    store = open_store(str(tmp_path / "store"))
-    assert read_manifest(store, "small", "sft") is None and not store.list("small/sft/model")
+    with pytest.raises(NonFiniteTrainingError, match=r"step 2 of 4: loss nan"):
+        quiet(changed, tmp_path / "work", start="sft", stop="sft")
     assert store.read_json("small/sft/checkpoints/latest.json")["tag"] == "step-0000001"
+    assert read_manifest(store, "small", "sft") == trained  # the earlier result, whole
+    assert {key: store.read_bytes(key) for key in store.list("small/sft/model")} == model_files
+
+    monkeypatch.setattr(sft_engine, "token_nll_sum", real)
+    _, reverted = quiet(good, tmp_path / "work", start="sft", stop="sft")
+    assert [o.state for o in reverted] == ["skipped"]
 
 
 def test_two_runners_of_one_stage_one_works_the_other_stops_naming_it(small_run_doc, tmp_path: Path) -> None:
@@ -369,3 +381,107 @@ def test_two_runners_of_one_stage_one_works_the_other_stops_naming_it(small_run_
     assert read_manifest(store, "small", "annotate").counts["pairs"] == 16
     assert len(read_records(store, "small/annotate/annotated.jsonl")) == 16
     assert not store.exists("small/annotate/lease.json")
+
+
+PROBE_COLUMNS = ("id", "answer_entropy", "sentence_entropy", "probe_prediction", "probe_correct")
+
+
+def probe_columns(records: list[dict]) -> list[tuple]:
+    return [tuple(r.get(c) for c in PROBE_COLUMNS) for r in records]
+
+
+def test_a_probe_killed_with_sigkill_resumes_to_the_same_output(
+    small_run_doc, tmp_path: Path, monkeypatch
+) -> None:
+    """Holds already, pinned: a probe pod killed (SIGKILL) after a shard; the rerun keeps the
+    finished shards, takes over the dead runner's lease once it expires, and writes exactly what an
+    uninterrupted probe writes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    small_run_doc["spec"]["data"]["synthetic"]["rl_size"] = 24
+    small_run_doc["spec"]["probe"]["shard_size"] = 2
+    reference = make_run(small_run_doc, str(tmp_path / "reference"))
+    quiet(reference, tmp_path / "work-reference", stop="probe")
+    expected = probe_columns(
+        read_records(open_store(str(tmp_path / "reference")), "small/probe/probed.jsonl")
+    )
+
+    run = make_run(small_run_doc, str(tmp_path / "store"))
+    quiet(run, tmp_path / "work", stop="sft")
+    spec_file = tmp_path / "run.yaml"
+    spec_file.write_text(yaml.safe_dump(run.model_dump(mode="json")))
+    monkeypatch.setenv("EGT_LEASE_SECONDS", "2")
+    pod = subprocess.Popen(
+        [sys.executable, "-m", "jobs.probe", "--spec", str(spec_file), "--workdir", str(tmp_path / "pod"),
+         "--no-progress"],
+        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    first_shard = tmp_path / "store" / "small" / "probe" / "shards" / "shard-00000.jsonl"
+    deadline = time.monotonic() + 300
+    while not first_shard.exists() and pod.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pod.send_signal(signal.SIGKILL)
+    pod.wait()
+    store = open_store(str(tmp_path / "store"))
+    assert first_shard.exists() and read_manifest(store, "small", "probe") is None  # killed mid-stage
+    assert store.exists("small/probe/lease.json")  # a dead runner's lease, never released
+
+    _, outcomes = quiet(run, tmp_path / "work", start="probe", stop="probe")
+    assert [o.state for o in outcomes] == ["succeeded"]
+    assert probe_columns(read_records(store, "small/probe/probed.jsonl")) == expected
+
+
+def test_an_s3_outage_mid_stage_fails_it_cleanly_and_the_rerun_resumes(
+    small_run_doc, s3_server, tmp_path: Path, monkeypatch
+) -> None:
+    """Holds already, pinned: S3 goes away while the probe runs (after its first shard is stored).
+    The stage fails naming the endpoint, writes no manifest; with S3 back the rerun probes only the
+    missing shards and writes what an uninterrupted probe writes."""
+    import uuid
+    from urllib.parse import urlsplit
+
+    from tests.fixtures.tcp_proxy import TcpProxy
+
+    reference = make_run(small_run_doc, str(tmp_path / "reference"))
+    quiet(reference, tmp_path / "work-reference", stop="probe")
+    expected = probe_columns(
+        read_records(open_store(str(tmp_path / "reference")), "small/probe/probed.jsonl")
+    )
+
+    real_s3 = urlsplit(s3_server.endpoint_url)
+    proxy = TcpProxy((real_s3.hostname, real_s3.port))
+    monkeypatch.setenv("EGT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EGT_LEASE_SECONDS", "2")  # a lease it could not release expires
+    uri = f"{s3_server.uri}/{uuid.uuid4().hex}"
+    run = make_run(small_run_doc, uri, proxy.url)
+    try:
+        quiet(run, tmp_path / "work", stop="sft")
+        real, calls, outages = probe_stage.probe_records, [], [True]
+
+        def outage_during_shard_2(judge, records, *args, **kwargs):
+            calls.append([r["id"] for r in records])
+            if len(calls) == 2 and outages:
+                outages.pop()
+                proxy.cut()  # S3 goes away while shard 1 is probed
+            return real(judge, records, *args, **kwargs)
+
+        monkeypatch.setattr(probe_stage, "probe_records", outage_during_shard_2)
+        with pytest.raises(Exception, match=f"127.0.0.1:{proxy.port}") as failed:
+            quiet(run, tmp_path / "work", start="probe", stop="probe")
+        print(f"the outage's error: {type(failed.value).__name__}: {failed.value}")
+        proxy.restore()
+        store = open_store(uri, proxy.url)
+        assert read_manifest(store, "small", "probe") is None
+        assert store.list("small/probe/shards") == ["small/probe/shards/shard-00000.jsonl"]
+        calls.clear()
+        _, outcomes = quiet(run, tmp_path / "work", start="probe", stop="probe")
+        assert [o.state for o in outcomes] == ["succeeded"]
+        assert [ids[0] for ids in calls] == ["rl-000004", "rl-000008"]  # shard 0 was not redone
+        assert probe_columns(read_records(store, "small/probe/probed.jsonl")) == expected
+    finally:
+        proxy.close()
