@@ -485,3 +485,91 @@ def test_an_s3_outage_mid_stage_fails_it_cleanly_and_the_rerun_resumes(
         assert probe_columns(read_records(store, "small/probe/probed.jsonl")) == expected
     finally:
         proxy.close()
+
+
+def test_no_secret_reaches_a_log_an_artifact_a_manifest_or_a_metric(
+    small_run_doc, s3_server, pushgateway, pushgateway_metrics, tmp_path: Path, monkeypatch, caplog, capfd
+) -> None:
+    """Holds already, pinned: a run on S3 with a teacher behind a key, pushing metrics. The teacher
+    key and the S3 secret are in the environment only; after prepare, annotate (one teacher outage
+    retried) and SFT, neither is in any object of the store, any log line or output, or the
+    Pushgateway's metrics."""
+    import logging
+    import os
+    import uuid
+
+    from egt.stages import annotate as annotate_stage
+    from egt.teachers.server import serve
+    from tests.fixtures.s3 import SECRET_KEY
+
+    teacher_key = f"sk-{uuid.uuid4().hex}"
+    monkeypatch.setenv("EGT_TEST_TEACHER_KEY", teacher_key)
+    monkeypatch.setenv("EGT_CACHE_DIR", str(tmp_path / "cache"))
+    server, _ = serve(api_key=teacher_key)
+    port = server.server_address[1]
+    small_run_doc["spec"]["annotate"]["teacher"] = {
+        "kind": "openai", "base_url": server.base_url, "model": "scripted",
+        "api_key_env": "EGT_TEST_TEACHER_KEY", "max_retries": 0, "timeout_seconds": 5,
+    }  # fmt: skip
+    small_run_doc["spec"]["metrics"] = {"pushgateway": pushgateway}
+    run = make_run(small_run_doc, f"{s3_server.uri}/{uuid.uuid4().hex}", s3_server.endpoint_url)
+    real, asked = annotate_stage.annotate, []
+
+    def outage_after_first_shard(records, *args):
+        asked.append(1)
+        out = real(records, *args)
+        if len(asked) == 1:
+            server.close()
+        return out
+
+    monkeypatch.setattr(annotate_stage, "annotate", outage_after_first_shard)
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(annotate_stage.TeacherUnavailableError):
+            quiet(run, tmp_path / "work", stop="sft")
+        back, _ = serve(port=port, api_key=teacher_key)
+        try:
+            quiet(run, tmp_path / "work", stop="sft")
+        finally:
+            back.close()
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == SECRET_KEY  # what the store used
+
+    store = open_store(run.spec.store.uri, run.spec.store.endpoint_url)
+    keys = store.list("")
+    assert any(k.endswith("sft/manifest.json") for k in keys) and any("annotate/shards" in k for k in keys)
+    printed = capfd.readouterr()
+    places = {
+        "log": caplog.text,
+        "stdout/stderr": printed.out + printed.err,
+        "metrics": pushgateway_metrics(),
+        **{key: store.read_bytes(key).decode("utf-8", "replace") for key in keys if not key.endswith(".png")},
+    }
+    for secret in (teacher_key, SECRET_KEY):
+        leaked = [where for where, text in places.items() if secret in text]
+        assert not leaked, (secret[:6], leaked)
+    assert 'run="small"' in places["metrics"]  # the metrics were pushed, and looked at
+
+
+def test_a_pushgateway_that_hangs_does_not_hold_the_stages_up(small_run_doc, tmp_path: Path, caplog) -> None:
+    """Row 7 at the stage level: every SFT step pushes, to a gateway that accepts and never answers.
+    The steps go on; only the stage's last push waits, once per stage, for the push timeout."""
+    import logging
+    import socket
+
+    from egt.metrics import PUSH_TIMEOUT_S
+
+    with socket.socket() as hanging:
+        hanging.bind(("127.0.0.1", 0))
+        hanging.listen()
+        small_run_doc["spec"]["metrics"] = {"pushgateway": f"127.0.0.1:{hanging.getsockname()[1]}"}
+        small_run_doc["spec"]["sft"] |= {"global_batch_size": 2, "micro_batch_size": 2}  # a push every step
+        run = make_run(small_run_doc, str(tmp_path / "store"))
+        began = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="egt.metrics"):
+            _, outcomes = quiet(run, tmp_path / "work", stop="sft")
+        took = time.monotonic() - began
+    assert [o.state for o in outcomes] == ["succeeded"] * 3
+    sft = next(o for o in outcomes if o.stage == "sft")
+    assert sft.manifest.counts["steps"] >= 6  # (the pairs the teacher agreed on) / 2
+    # Three stages' last pushes may each wait out the timeout; 8 blocking step pushes would add 8 more.
+    assert took < 3 * 2 * PUSH_TIMEOUT_S + 60, took
+    assert "could not push metrics" in caplog.text
