@@ -47,6 +47,15 @@ MAX_POOL = 10_000_000
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+class FieldError(ValueError):
+    """A rule across fields, reported on the field to change (``field``, relative to the model
+    whose validator raises it) rather than on the model as a whole."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class Section(BaseModel):
     """Base for every spec section: unknown fields are errors, so typos never pass silently; so are
     infinite and NaN numbers (YAML's .inf and .nan), which no setting means."""
@@ -880,11 +889,11 @@ class EGTRunSpec(Section):
     def _applications_use_a_trained_model(self) -> EGTRunSpec:
         for name, use in (("score", self.score), ("filter", self.filter)):
             if self.kind == "scalar" and use.model not in (None, "scalar"):
-                raise ValueError(f"kind 'scalar' trains only the scalar model: {name}.model must be scalar")
+                raise FieldError(f"{name}.model", "kind 'scalar' trains only the scalar model: use scalar")
             if use.model == "rl" and not self.rl.enabled:
-                raise ValueError(f"rl.enabled is false: there is no RL model; set {name}.model to sft")
+                raise FieldError(f"{name}.model", "rl.enabled is false: there is no RL model; use sft")
         if self.filter.enabled and self.filter.pool == "rl" and self.kind == "scalar":
-            raise ValueError("a kind 'scalar' run has no rl pool: set filter.pool to sft")
+            raise FieldError("filter.pool", "a kind 'scalar' run has no rl pool: use sft")
         return self
 
     @model_validator(mode="after")
@@ -893,8 +902,9 @@ class EGTRunSpec(Section):
             if "models" not in self.evaluate.model_fields_set:
                 self.evaluate.models = ["scalar"]
             elif self.evaluate.models != ["scalar"]:
-                raise ValueError(
-                    "kind 'scalar' trains no sft or rl model: evaluate.models must be [scalar] (or left out)"
+                raise FieldError(
+                    "evaluate.models",
+                    "kind 'scalar' trains no sft or rl model: must be [scalar] (or left out)",
                 )
         return self
 
@@ -910,14 +920,20 @@ class EGTRunSpec(Section):
     @model_validator(mode="after")
     def _no_rl_model_to_evaluate(self) -> EGTRunSpec:
         if not self.rl.enabled and "rl" in self.evaluate.models:
-            raise ValueError("rl.enabled is false: there is no RL model; set evaluate.models to [sft]")
+            raise FieldError("evaluate.models", "rl.enabled is false: there is no RL model; set it to [sft]")
         return self
 
     @model_validator(mode="after")
     def _annotate_needs_a_teacher_for_real_data(self) -> EGTRunSpec:
         annotates = self.kind == "reasoning"
         if annotates and self.annotate.teacher.kind == "scripted" and self.data.synthetic is None:
-            raise ValueError("annotate.teacher.kind 'scripted' only reads synthetic images; use 'openai'")
+            raise FieldError(
+                "annotate.teacher.kind",
+                "'scripted' only reads the synthetic colour images of data.synthetic; for your own data "
+                "use 'openai': a hosted model, or any OpenAI-compatible server you run (e.g. vLLM "
+                "serving a VLM). `python -m egt.teachers.server` is an offline stand-in, and it too "
+                "understands only the synthetic colour data (README: Bring your own data)",
+            )
         return self
 
 
@@ -959,6 +975,10 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     lines = [f"{source}: {error.error_count()} invalid field(s)"]
     for item in error.errors():
         loc = ".".join(str(part) for part in item["loc"]) or "(root)"
+        cause = item.get("ctx", {}).get("error")
+        if isinstance(cause, FieldError):  # a cross-field rule: name the field to change
+            lines.append(f"  {loc}.{cause.field}: {cause}")
+            continue
         shown = item["type"] != "missing" and not isinstance(item["input"], dict | list)
         got = f" (got {item['input']!r})" if shown else ""
         lines.append(f"  {loc}: {item['msg']}{got}")

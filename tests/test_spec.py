@@ -429,10 +429,10 @@ def test_score_and_filter_are_stages_when_asked_for_and_apply_the_final_model_by
     scalar_run = parse_run(doc(kind="scalar", score={"candidates": "c.jsonl"})).spec
     assert scalar_run.stages == ("prepare", "scalar", "evaluate", "score")
     assert scalar_run.model_applied(scalar_run.score) == "scalar"
-    assert "kind 'scalar' trains only the scalar model: filter.model must be scalar" in spec_error(
+    assert "spec.filter.model: kind 'scalar' trains only the scalar model: use scalar" in spec_error(
         doc(kind="scalar", filter={"enabled": True, "model": "sft"})
     )
-    assert "set score.model to sft" in spec_error(
+    assert "spec.score.model: rl.enabled is false: there is no RL model; use sft" in spec_error(
         doc(rl={"enabled": False}, evaluate={"models": ["sft"]}, score={"candidates": "c", "model": "rl"})
     )
     assert "spec.score.candidates" in spec_error(doc(score={"candidates": "https://x/c.jsonl"}))
@@ -440,7 +440,7 @@ def test_score_and_filter_are_stages_when_asked_for_and_apply_the_final_model_by
 
 
 def test_a_scalar_run_evaluates_only_its_model_and_needs_no_rl_pool():
-    assert "kind 'scalar' trains no sft or rl model: evaluate.models must be [scalar]" in spec_error(
+    assert "spec.evaluate.models: kind 'scalar' trains no sft or rl model: must be [scalar]" in spec_error(
         doc(kind="scalar", evaluate={"models": ["sft", "scalar"]})
     )
     real = {"sft": REAL_DATA["sft"], "eval": {"vl": {"uri": "s3://b/vl.parquet", "format": "vl-rewardbench"}}}
@@ -585,3 +585,12 @@ def test_strip_prefix_is_for_converted_formats_and_root_for_every_format():
     rooted = {"uri": "s3://b/rl.jsonl", "root": "s3://b/images"}  # native records, images elsewhere
     run = parse_run(doc(data={"sft": REAL_DATA["sft"], "rl": rooted}, annotate={"teacher": OPENAI_TEACHER}))
     assert run.spec.data.rl.root == "s3://b/images"
+
+
+def test_a_cross_field_rule_names_the_field_to_change():
+    """Own data with the demo's scripted teacher: the error is on spec.annotate.teacher.kind, and
+    says what to use instead, the offline server included and what it can read."""
+    message = spec_error(doc(data=REAL_DATA))
+    assert "  spec.annotate.teacher.kind: 'scripted' only reads the synthetic colour images" in message
+    assert "use 'openai'" in message and "python -m egt.teachers.server" in message
+    assert "Value error" not in message

@@ -93,3 +93,53 @@ def test_a_killed_run_resumes_with_the_same_batches_and_results(rl_doc, tmp_path
     resumed = open_store(str(tmp_path / "b")).read_json("small/rl/history.json")
     assert [h["step"] for h in resumed] == [1, 2, 3, 4]
     assert [h["reward_mean"] for h in resumed] == [h["reward_mean"] for h in reference]
+
+
+def test_an_rl_driver_killed_with_sigkill_resumes_to_the_same_history(
+    rl_doc, tmp_path: Path, monkeypatch
+) -> None:
+    """A lost node: the rl entrypoint and its local Ray cluster (driver, learner, rollout workers)
+    killed with SIGKILL after a checkpoint, with no chance to clean up. The rerun takes over the
+    dead runner's lease once it expires, resumes from the checkpoint, and its history equals an
+    uninterrupted run's."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    uninterrupted = make_run(rl_doc, str(tmp_path / "a"))
+    run_local(uninterrupted, tmp_path / "work-a", progress=False, echo=quiet, stop="rl")
+    reference = open_store(str(tmp_path / "a")).read_json("small/rl/history.json")
+
+    run = make_run(rl_doc, str(tmp_path / "b"))
+    run_local(run, tmp_path / "work-b", stop="curate", progress=False, echo=quiet)
+    spec_file = tmp_path / "run.yaml"
+    spec_file.write_text(yaml.safe_dump(run.model_dump(mode="json")))
+    monkeypatch.setenv("EGT_LEASE_SECONDS", "3")
+    pod = subprocess.Popen(
+        [sys.executable, "-m", "jobs.rl", "--spec", str(spec_file), "--workdir", str(tmp_path / "pod"),
+         "--no-progress"],
+        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    latest = tmp_path / "b" / "small" / "rl" / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 600
+    try:
+        while pod.poll() is None and time.monotonic() < deadline:
+            if latest.is_file() and json.loads(latest.read_text())["step"] >= 2:
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(pod.pid, signal.SIGKILL)  # the driver and every Ray process it started
+        pod.wait()
+    store = open_store(str(tmp_path / "b"))
+    killed_at = json.loads(latest.read_text())["step"]
+    assert killed_at >= 2 and not store.exists("small/rl/manifest.json"), killed_at
+
+    run_local(run, tmp_path / "work-b", start="rl", stop="rl", progress=False, echo=quiet)
+    resumed = store.read_json("small/rl/history.json")
+    assert [h["step"] for h in resumed] == [h["step"] for h in reference]
+    assert [h["reward_mean"] for h in resumed] == [h["reward_mean"] for h in reference]
