@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -57,7 +58,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(dump_run(run), end="")
     else:
         print(f"{args.file}: valid EGTRun {run.name!r}")
+    for warning in local_warnings(run):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def local_warnings(run: EGTRun) -> list[str]:
+    """What would stop this run here, though the file is valid: API keys unset in this environment
+    (on a cluster they come from cluster.teacher_secret)."""
+    warnings = []
+    spec = run.spec
+    endpoints = {"annotate.teacher": spec.annotate.teacher, "rl.referee": spec.rl.referee}
+    for where, endpoint in endpoints.items():
+        used = (where == "annotate.teacher" and "annotate" in spec.stages) or (
+            where == "rl.referee" and "rl" in spec.stages and spec.rl.enabled
+        )
+        if (
+            used
+            and endpoint.kind == "openai"
+            and endpoint.api_key_env
+            and not os.environ.get(endpoint.api_key_env)
+        ):
+            warnings.append(
+                f"spec.{where}.api_key_env: {endpoint.api_key_env} is not set here, so a local run stops at "
+                f"that stage; set it, or set api_key_env: null for an endpoint that needs no key"
+            )
+    return warnings
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

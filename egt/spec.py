@@ -268,7 +268,11 @@ class ChatEndpointSpec(Section):
     kind: str
     base_url: str | None = Field(None, description="Endpoint root, e.g. https://api.openai.com/v1.")
     model: str | None = Field(None, description="Model name at the endpoint.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY",
+        description="Environment variable holding the API key; null: send no key (a local server "
+        "without authentication, such as vLLM's or the offline teacher server).",
+    )
     timeout_seconds: float = Field(120.0, gt=0, description="Per-request timeout.")
     max_concurrency: PositiveInt = Field(16, description="Requests in flight at once.")
 

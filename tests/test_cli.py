@@ -202,3 +202,32 @@ def test_sweep_says_what_it_needs(capsys, tmp_path):
     assert main(["sweep", "report", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "arm names must be unique; repeated: a" in err
+
+
+def test_validate_warns_of_an_api_key_unset_here_and_a_keyless_endpoint_is_expressible(
+    capsys, tmp_path, monkeypatch
+):
+    """A local OpenAI-compatible teacher: with api_key_env naming an unset variable, validate passes
+    and warns (the run would stop at annotate); with api_key_env: null nothing is asked for."""
+    document = yaml.safe_load(Path(TINY).read_text())
+    data = tmp_path / "data"
+    document["spec"]["data"] = {
+        "sft": {"uri": str(data / "sft.jsonl")},
+        "rl": {"uri": str(data / "rl.jsonl")},
+    }
+    document["spec"]["annotate"]["teacher"] = {
+        "kind": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "local",
+        "api_key_env": "EGT_UNSET_KEY",
+    }  # fmt: skip
+    monkeypatch.delenv("EGT_UNSET_KEY", raising=False)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(document))
+    assert cli("validate", path) == 0
+    err = capsys.readouterr().err
+    assert "warning: spec.annotate.teacher.api_key_env: EGT_UNSET_KEY is not set here" in err
+    assert "api_key_env: null" in err
+
+    document["spec"]["annotate"]["teacher"]["api_key_env"] = None
+    path.write_text(yaml.safe_dump(document))
+    assert cli("validate", path) == 0
+    assert capsys.readouterr().err == ""

@@ -111,7 +111,7 @@ def check_cluster_run(spec: EGTRunSpec, source: str) -> None:
         )
     endpoints = {"annotate.teacher": spec.annotate.teacher, "rl.referee": spec.rl.referee}
     for where, endpoint in endpoints.items():
-        if endpoint.kind == "openai" and not spec.cluster.teacher_secret:
+        if endpoint.kind == "openai" and endpoint.api_key_env and not spec.cluster.teacher_secret:
             problems.append(
                 f"spec.{where} calls an OpenAI-compatible endpoint whose key ({endpoint.api_key_env}) "
                 "reaches pods only from a Secret: set spec.cluster.teacher_secret"
@@ -233,7 +233,7 @@ def _env(run: Run, stage: str) -> list[dict[str, Any]]:
             _secret_env(key, cluster.s3_secret, key) for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
         ]
     endpoint = {"annotate": run.spec.annotate.teacher, "rl": run.spec.rl.referee}.get(stage)
-    if endpoint is not None and endpoint.kind == "openai":  # the Secret's presence: check_cluster_run
+    if endpoint is not None and endpoint.kind == "openai" and endpoint.api_key_env:  # see check_cluster_run
         env.append(_secret_env(endpoint.api_key_env, cluster.teacher_secret, endpoint.api_key_env))
     return env + [{"name": name, "value": value} for name, value in sorted(cluster.env.items())]
 

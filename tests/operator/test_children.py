@@ -312,6 +312,14 @@ def test_a_cluster_run_needs_an_s3_store_and_a_secret_for_each_api_key():
     assert "spec.store.uri: 'runs' is a path on one machine" in message
     assert "spec.annotate.teacher calls an OpenAI-compatible endpoint" in message
     assert "spec.rl.referee calls an OpenAI-compatible endpoint" in message
+    # Keyless endpoints (a vLLM server in the cluster) need no Secret, and none is mounted.
+    body["spec"]["store"]["uri"] = "s3://egt-artifacts/runs"
+    for endpoint in (body["spec"]["annotate"]["teacher"], body["spec"]["rl"]["referee"]):
+        endpoint["api_key_env"] = None
+    keyless = run_from_resource(body)
+    annotate = only(render(keyless, "annotate"), "Job")
+    names = {item["name"] for item in containers(annotate)[0]["env"]}
+    assert "OPENAI_API_KEY" not in names and not any("KEY" in n and "AWS" not in n for n in names)
 
 
 # --- placement, resources, pods ----------------------------------------------------------------------------
