@@ -167,13 +167,14 @@ class ChatClient:
             raise TeacherError(f"environment variable {self.api_key_env} (the API key) is not set")
         return key
 
-    def _payload(self, messages: list[dict]) -> dict:
-        return {
+    def _payload(self, messages: list[dict], seed: int | None = None) -> dict:
+        payload = {
             "model": self.model,
             "messages": messages,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
+        return payload if seed is None else {**payload, "seed": seed}
 
     def _backoff(self, retry: int) -> float:
         """Exponential backoff with jitter, so clients throttled together do not retry together."""
@@ -187,7 +188,8 @@ class ChatClient:
         to_messages: Callable[[T], list[dict]],
         item: T,
     ) -> str:
-        payload = self._payload(await asyncio.to_thread(to_messages, item))
+        # A judge request's attempt is its sampling seed: attempts differ, and each is reproducible.
+        payload = self._payload(await asyncio.to_thread(to_messages, item), getattr(item, "attempt", None))
         retry = 0
         while True:
             try:
@@ -216,8 +218,9 @@ class ChatClient:
 class OpenAICompatTeacher(ChatClient):
     """The judge prompt, images first (as data URIs), sent to any OpenAI-compatible endpoint.
 
-    ``attempt`` is not sent: at temperature 0 a retry asks the same question again, as R1-Reward did
-    with GPT-4o; raise ``temperature`` for more varied retries.
+    ``attempt`` goes as the request's ``seed`` (OpenAI's and vLLM's reproducible sampling): at
+    temperature 0 a retry asks the same question again, as R1-Reward did with GPT-4o; at a higher
+    ``temperature`` each attempt samples differently, and the same attempt the same way again.
     """
 
     def judge_many(self, requests: list[JudgeRequest]) -> list[str | Exception]:

@@ -6,17 +6,19 @@ this one needs no network, GPU or key, so stage 1 can be tried end to end on a l
     python -m egt.teachers.server --port 8000
     # teacher: OpenAICompatTeacher("http://127.0.0.1:8000/v1", "scripted", api_key_env=None)
 
-It serves ``POST /v1/chat/completions`` on loopback only. Like a sampling model, it may answer a
-repeated question differently: the scripted teacher's ``attempt`` is how many times this server has
-been asked that exact question. For tests it can require a bearer token, hold each request
-(``latency_s``, to observe concurrency) and fail its first requests on purpose (:class:`Faults`).
+It serves ``POST /v1/chat/completions`` on loopback only. It answers by reading the synthetic colour
+images of the demo's data (``data.synthetic``) and nothing else: on any other data its judgements
+are noise. Its answer depends on the request alone: the scripted teacher's ``attempt`` is the
+request's ``seed`` (egt's client sends the attempt number there), so the same request always gets
+the same answer and a run against it is repeatable. For tests it can require a bearer token, hold
+each request (``latency_s``, to observe concurrency) and fail its first requests on purpose
+(:class:`Faults`).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import io
 import ipaddress
 import json
@@ -74,7 +76,6 @@ class ScriptedServer(ThreadingHTTPServer):
         self.requests = 0  # authorised chat requests received, faulty ones included
         self.in_flight = 0
         self.max_in_flight = 0
-        self._asked: dict[str, int] = {}
 
     @property
     def base_url(self) -> str:
@@ -86,12 +87,6 @@ class ScriptedServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
 
-    def attempt(self, key: str) -> int:
-        """How many times this question has now been asked, this time included."""
-        with self.lock:
-            self._asked[key] = self._asked.get(key, 0) + 1
-            return self._asked[key]
-
 
 def _decode_image(url: str) -> Image.Image:
     if not url.startswith("data:") or ";base64," not in url:
@@ -101,16 +96,15 @@ def _decode_image(url: str) -> Image.Image:
         return image
 
 
-def _user_turn(body: dict) -> tuple[str, list[Image.Image], str]:
-    """(prompt text, images, a key identifying the question) from a chat-completions request body."""
+def _user_turn(body: dict) -> tuple[str, list[Image.Image]]:
+    """(prompt text, images) from a chat-completions request body."""
     user = [m for m in body["messages"] if m.get("role") == "user"]
     content = user[-1]["content"]
     if isinstance(content, str):
-        return content, [], hashlib.sha256(content.encode()).hexdigest()
+        return content, []
     text = "".join(part["text"] for part in content if part.get("type") == "text")
     urls = [part["image_url"]["url"] for part in content if part.get("type") == "image_url"]
-    key = hashlib.sha256(json.dumps([text, urls]).encode()).hexdigest()
-    return text, [_decode_image(url) for url in urls], key
+    return text, [_decode_image(url) for url in urls]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -171,8 +165,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             request = json.loads(body)
-            text, images, key = _user_turn(request)
-            output = server.teacher.judge_text(text, images, attempt=server.attempt(key))
+            text, images = _user_turn(request)
+            attempt = int(request.get("seed") or 1)
+            output = server.teacher.judge_text(text, images, attempt=attempt)
         except (ValueError, LookupError, TypeError, AttributeError, UnidentifiedImageError) as exc:
             self._error(400, f"bad request: {exc}")
             return
@@ -230,11 +225,21 @@ def serve(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0] + " It reads only the synthetic colour images of the "
+        "demo's data (data.synthetic); on any other data its judgements are noise: use a real model "
+        "behind an OpenAI-compatible server (e.g. vLLM) for your own data."
+    )
     parser.add_argument("--host", default="127.0.0.1", help="a loopback address")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--error-rate", type=float, default=0.1, help="how often the teacher errs")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the teacher's errors")
+    parser.add_argument(
+        "--style",
+        choices=["detailed", "steps"],
+        default="detailed",
+        help="reasoning style, as annotate.teacher.style of the scripted teacher",
+    )
     parser.add_argument(
         "--api-key-env", help="require a bearer token equal to this environment variable's value"
     )
@@ -245,7 +250,10 @@ def main(argv: list[str] | None = None) -> None:
         if not api_key:
             parser.error(f"environment variable {args.api_key_env} is not set")
     server, thread = serve(
-        args.host, args.port, teacher=ScriptedTeacher(args.error_rate, args.seed), api_key=api_key
+        args.host,
+        args.port,
+        teacher=ScriptedTeacher(args.error_rate, args.seed, style=args.style),
+        api_key=api_key,
     )
     print(f"scripted teacher at {server.base_url} (POST {PATH}); Ctrl-C stops it", flush=True)
     try:

@@ -103,9 +103,21 @@ def test_annotation_through_the_http_teacher(tmp_path):
     try:
         teacher = OpenAICompatTeacher(server.base_url, "scripted", api_key_env=None, max_concurrency=4)
         out = annotate(records, teacher, _paths(tmp_path))
+        again = annotate(records, teacher, _paths(tmp_path))  # the same server asked all over again
     finally:
         server.close()
-    # Over HTTP the server counts repeated questions as attempts: the same result as the teacher in-process.
+    # Over HTTP the attempt travels as the request's seed: the same result as the teacher in-process,
+    # and the same again on a second pass (it counted repeated questions, and kept 44, 41, 40 of 48).
     assert out == annotate(records, ScriptedTeacher(error_rate=0.1), _paths(tmp_path))
+    assert again == out
     assert all(r["teacher_error"] is None for r in out)
     assert any(r["attempts"] > 1 and r["annotated"] for r in out if r["truth_kind"] == "ambiguous")
+
+
+def test_the_offline_server_says_what_it_can_read_and_takes_a_style(capsys):
+    from egt.teachers.server import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "only the synthetic colour images" in shown and "--style {detailed,steps}" in shown
