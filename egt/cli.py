@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from egt.spec import STAGES, EGTRun, SpecError, dump_run, load_run
+from egt.spec import STAGES, EGTRun, SpecError, dump_run, load_run, missing_inputs
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -54,6 +54,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     run = load_run(args.file)
+    missing = missing_inputs(run, check_s3=args.check_s3)
+    if missing:
+        print(f"{args.file}: inputs not found:\n" + "\n".join(f"  {m}" for m in missing), file=sys.stderr)
+        return 2
     if args.resolved:
         print(dump_run(run), end="")
     else:
@@ -273,6 +277,9 @@ def parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="Check a run file; --resolved prints it with every default.")
     validate.add_argument("file", type=Path)
     validate.add_argument("--resolved", action="store_true")
+    validate.add_argument(
+        "--check-s3", action="store_true", help="Also check that s3:// inputs exist (one request each)."
+    )
     validate.set_defaults(func=cmd_validate)
 
     schema = sub.add_parser("schema", help="Print the JSON schema of an EGTRun.")

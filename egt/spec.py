@@ -1010,8 +1010,55 @@ def read_yaml(path: str | Path) -> Any:
 
 
 def load_run(path: str | Path) -> EGTRun:
-    """Read and validate a run file (YAML)."""
-    return parse_run(read_yaml(path), str(path))
+    """Read and validate a run file (YAML); relative dataset, candidates and model paths resolve
+    against the file's folder, wherever it is run from."""
+    return anchor_paths(parse_run(read_yaml(path), str(path)), Path(path).resolve().parent)
+
+
+def _anchored(value: str | None, folder: Path) -> str | None:
+    if value is None or "://" in value or Path(value).is_absolute():
+        return value
+    return str(folder / value)
+
+
+def anchor_paths(run: EGTRun, folder: Path) -> EGTRun:
+    """The run with its relative input paths made absolute against ``folder`` (the run file's). The
+    store's path is left as given: artifacts go where the command runs, as ``runs/`` for the demo."""
+    spec = run.spec
+    for dataset in spec.data.datasets().values():
+        dataset.uri = _anchored(dataset.uri, folder)
+        dataset.root = _anchored(dataset.root, folder)
+    spec.score.candidates = _anchored(spec.score.candidates, folder)
+    spec.model.path = _anchored(spec.model.path, folder)
+    return run
+
+
+def missing_inputs(run: EGTRun, check_s3: bool = False) -> list[str]:
+    """The run's input files that are not there: local ones always, S3 ones when asked (one HEAD
+    request each, with this environment's credentials)."""
+    from egt.storage.store import split_uri
+
+    spec = run.spec
+    named = {
+        (f"data.{name}.uri" if name in ("sft", "rl", "scalar_extra") else f"data.eval.{name}.uri"): d.uri
+        for name, d in spec.data.datasets().items()
+    }
+    named["score.candidates"] = spec.score.candidates
+    missing = []
+    for field, uri in named.items():
+        if uri is None or (uri.startswith("s3://") and not check_s3):
+            continue
+        store, key = split_uri(uri, spec.store.endpoint_url)
+        try:
+            found = store.exists(key)
+        except (OSError, ValueError) as error:
+            missing.append(f"spec.{field}: {uri} cannot be checked: {error}")
+            continue
+        if not found:
+            missing.append(
+                f"spec.{field}: {uri} does not exist (relative paths resolve against the run file's folder)"
+            )
+    return missing
 
 
 def dump_run(run: EGTRun) -> str:

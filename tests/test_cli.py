@@ -211,6 +211,9 @@ def test_validate_warns_of_an_api_key_unset_here_and_a_keyless_endpoint_is_expre
     and warns (the run would stop at annotate); with api_key_env: null nothing is asked for."""
     document = yaml.safe_load(Path(TINY).read_text())
     data = tmp_path / "data"
+    data.mkdir()
+    for name in ("sft", "rl"):
+        (data / f"{name}.jsonl").write_text("")
     document["spec"]["data"] = {
         "sft": {"uri": str(data / "sft.jsonl")},
         "rl": {"uri": str(data / "rl.jsonl")},
@@ -231,3 +234,35 @@ def test_validate_warns_of_an_api_key_unset_here_and_a_keyless_endpoint_is_expre
     path.write_text(yaml.safe_dump(document))
     assert cli("validate", path) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_relative_inputs_resolve_against_the_run_file_and_validate_finds_missing_ones(
+    capsys, tmp_path, monkeypatch
+):
+    """A run file in a project folder, run from elsewhere: data/sft.jsonl means the file beside the
+    run file, not one under the current directory; validate says which inputs are not there."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "sft.jsonl").write_text("")
+    document = yaml.safe_load(Path(TINY).read_text())
+    document["spec"]["data"] = {
+        "sft": {"uri": "data/sft.jsonl"},
+        "rl": {"uri": "data/rl.jsonl"},
+        "eval": {"held": {"uri": "file:///nowhere/eval.jsonl"}},
+    }
+    document["spec"]["annotate"]["teacher"] = {
+        "kind": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "local", "api_key_env": None,
+    }  # fmt: skip
+    (project / "run.yaml").write_text(yaml.safe_dump(document))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    run = load_run(Path("../project/run.yaml"))
+    assert run.spec.data.sft.uri == str(project / "data" / "sft.jsonl")
+    assert run.spec.data.eval["held"].uri == "file:///nowhere/eval.jsonl"  # URIs are as given
+    assert cli("validate", "../project/run.yaml") == 2
+    err = capsys.readouterr().err
+    assert f"spec.data.rl.uri: {project / 'data' / 'rl.jsonl'} does not exist" in err
+    assert "spec.data.eval.held.uri: file:///nowhere/eval.jsonl does not exist" in err
+    assert "spec.data.sft.uri" not in err
