@@ -377,7 +377,9 @@ def effect_section(ctx: Context) -> list[str]:
         ("AUROC, mean token entropy (eq. 4), ambiguous vs clean", num(sentence), "above 0.5"),
         ("accuracy, lowest-entropy fifth / highest fifth", f"{pct(low)} / {pct(high)}", "first above second"),
     ]
-    if "ambiguous_removed" in numbers:
+    if "ambiguous_removed" in numbers and not varies(ctx.probed, "answer_entropy"):
+        rows.append(("ambiguous pairs removed: entropy curation / random", "n/a: no entropy varies", "—"))
+    elif "ambiguous_removed" in numbers:
         mine, chance = numbers["ambiguous_removed"], numbers["ambiguous_removed_random"]
         rows.append(
             (
@@ -568,6 +570,11 @@ def probe_section(ctx: Context) -> list[str]:
     return [*lines, bin_trend(bins), ""]
 
 
+def varies(records: list[dict], column: str) -> bool:
+    """Whether a column takes two or more values in the pool (all +∞: every answer unparseable)."""
+    return len({r.get(column) for r in records}) > 1
+
+
 def removal_sentence(kind: str, mine: float, chance: float, strategy: str) -> str:
     """Compare with random selection in the direction curation should go for this kind, plainly."""
     shares = f"({pct(mine)} vs {pct(chance)})"
@@ -606,6 +613,15 @@ def curation_section(ctx: Context) -> list[str]:
     if isinstance(kept_acc, float | int) and isinstance(pool_acc, float | int) and kept_acc < pool_acc:
         lines += ["The kept samples were probed less accurately than the pool as a whole.", ""]
     mine, chance = m.metrics.get("removed_by_truth_kind"), m.metrics.get("random_removed_by_truth_kind")
+    ranked_by = {"entropy": column, "bucket": column}.get(spec.strategy)
+    if ranked_by is not None and not varies(ctx.probed, ranked_by):
+        return [
+            *lines,
+            f"Every probed sample has the same {column} ({num(ctx.probed[0].get(column))}): "
+            f"{spec.strategy} curation had nothing to rank and chose by id, so what it kept or removed "
+            "says nothing about entropy.",
+            "",
+        ]
     if not mine or not chance:
         return [
             *lines,
@@ -700,8 +716,15 @@ def compare_models(name: str, base: tuple[str, dict], other: tuple[str, dict]) -
     (base_label, base_scores), (label, scores) = base, other
     a, b, n = base_scores["accuracy"], scores["accuracy"], base_scores.get("pairs") or 0
     p = (a + b) / 2
-    error = 100 * math.sqrt(p * (1 - p) / n) if n else None
-    scale = f"; one binomial standard error at {n} pairs is about {error:.1f} points" if n else ""
+    if n and 0 < p < 1:
+        error = 100 * math.sqrt(p * (1 - p) / n)
+        scale = f"; one binomial standard error at {n} pairs is about {error:.1f} points"
+    elif n:  # every answer right (or wrong): the standard error is 0 and says nothing
+        scale = (
+            f"; at {n} pairs a rate seen as {pct(p)} could be {300 / n:.1f} points off (the rule of three)"
+        )
+    else:
+        scale = ""
     if b == a:
         return f"- `{name}`: {label} and {base_label} have the same accuracy ({pct(a)}){scale}."
     gap = f"{'below' if b < a else 'above'} {base_label} by {100 * abs(a - b):.1f} points"

@@ -496,3 +496,32 @@ def test_real_data_has_no_effect_numbers(store: FileStore, tmp_path: Path):
     text = report_text(store, tmp_path / "report")
     assert "the EGT effect cannot be checked against known noise here" in text
     assert not (tmp_path / "report" / "effect.json").exists()
+
+
+def test_a_run_with_no_parseable_answer_claims_nothing_about_entropy(
+    store: FileStore, tmp_path: Path
+) -> None:
+    """Every answer unparseable: every entropy is +∞, so 'entropy' curation chose by id. The report
+    must not say it removed more noise than random selection, nor give a 0.0-point standard error
+    for two models that both scored 0%."""
+    records = probed_records(unanswered=30, answered=0)
+    zero = {"eval": {"pairs": 24, "accuracy": 0.0, "accuracy_original": 0.0, "accuracy_swapped": 0.0}}
+    run_all(
+        store,
+        records=records,
+        bins=[{"low": None, "high": None, "count": 30, "accuracy": 0.0}],
+        results={"sft": zero, "rl": zero},
+    )
+    text = report_text(store, tmp_path / "report")
+    curation = section(text, 5)
+    assert "had nothing to rank and chose by id" in curation
+    assert "share than random selection" not in text
+    assert "about 0.0 points" not in text
+    assert "at 24 pairs a rate seen as 0.0% could be 12.5 points off" in text
+    assert "n/a: no entropy varies" in section_named(text, "What this run shows")
+
+
+def section_named(text: str, title: str) -> str:
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end < 0 else text[start:end]
