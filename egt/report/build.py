@@ -797,7 +797,27 @@ def evaluation_section(ctx: Context) -> list[str]:
         ]
         lines += [compare_models(*pair) for pair in pairs]
         lines.append("")
-    return lines + benchmark_lines(results)
+    return lines + truth_kind_lines(results) + benchmark_lines(results)
+
+
+def truth_kind_lines(results: dict[str, dict[str, dict]]) -> list[str]:
+    """Accuracy per truth kind, where an evaluation set carries one besides clean (against the set's
+    labels: a flipped pair's label is the wrong response, so accuracy there is agreeing with noise)."""
+    rows = [
+        (model, name, kind, pct(accuracy))
+        for model, sets in results.items()
+        for name, summary in sets.items()
+        if set(summary.get("accuracy_by_truth_kind", {})) - {"clean"}
+        for kind, accuracy in summary["accuracy_by_truth_kind"].items()
+    ]
+    if not rows:
+        return []
+    return [
+        "Accuracy by truth kind (against each set's labels: on a flipped pair that means agreeing with "
+        "the wrong label):",
+        "",
+        *table(("model", "set", "truth kind", "accuracy"), rows),
+    ]
 
 
 def benchmark_lines(results: dict[str, dict[str, dict]]) -> list[str]:

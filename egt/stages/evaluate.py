@@ -28,8 +28,9 @@ from egt.stages.progress import bar
 from egt.stages.sft import judge_input
 from egt.storage.records import write_records
 
-# What a benchmark's official scoring reads besides the judgements (egt.scoring.benchmarks).
-SCORING_FIELDS = ("category", "subcategory", "group")
+# What a benchmark's official scoring reads besides the judgements (egt.scoring.benchmarks), and
+# the diagnostics column of synthetic (or any annotated) data that the per-kind accuracy reads.
+SCORING_FIELDS = ("category", "subcategory", "group", "truth_kind")
 
 
 def swapped(item: JudgeInput) -> JudgeInput:
@@ -110,6 +111,13 @@ def evaluate_pairs(
         summary[f"well_formed_{order}"] = sum(r[order]["well_formed"] for r in rows) / len(rows)
         answers += [r[order]["prediction"] for r in rows]
     summary["accuracy"] = sum(summary[f"accuracy_{o}"] for o in orders) / len(orders)
+    kinds = sorted({r["truth_kind"] for r in rows if r.get("truth_kind") is not None})
+    if kinds:  # accuracy per truth kind, over the scored orders (against the set's labels)
+        summary["accuracy_by_truth_kind"] = {
+            kind: sum(r[o]["correct"] for r in rows if r.get("truth_kind") == kind for o in orders)
+            / (len(orders) * sum(r.get("truth_kind") == kind for r in rows))
+            for kind in kinds
+        }
     answered = [a for a in answers if a is not None]
     summary["answered_ratio"] = len(answered) / len(answers)
     summary["position_bias"] = (sum(a == 1 for a in answered) / len(answered) - 0.5) if answered else None

@@ -9,6 +9,7 @@ re-runs every stage that depends on it.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -52,6 +53,17 @@ def model_digest(path: str, endpoint_url: str | None) -> str:
     listing = "\n".join(files).encode()
     config = store.read_bytes("config.json") if "config.json" in files else b""
     return digest_bytes(listing + config)
+
+
+def truth_kinds(records_file: Path) -> dict[str, int]:
+    """Pairs per ``truth_kind`` of a prepared records file; empty when it has no such column."""
+    kinds: Counter[str] = Counter()
+    with records_file.open(encoding="utf-8") as lines:
+        for line in lines:
+            kind = json.loads(line).get("truth_kind") if line.strip() else None
+            if kind is not None:
+                kinds[str(kind)] += 1
+    return dict(kinds)
 
 
 def build_synthetic(ctx: StageContext) -> tuple[dict[str, str], dict[str, int], dict[str, Any]]:
@@ -128,6 +140,9 @@ def prepare_external(ctx: StageContext, result: StageResult) -> None:
             about.update(converted.summary())
             pairs = converted.pairs
         result.counts[f"{name}_pairs"] = pairs
+        kinds = truth_kinds(local / f"{name}.jsonl") if name in result.outputs else {}
+        if kinds:  # the dataset carries diagnostics columns, as synthetic data does
+            result.metrics[f"{name}_truth_kinds"] = kinds
         datasets[name] = about
     if result.outputs:
         ctx.store.upload_dir(local, ctx.key("data"))

@@ -111,7 +111,10 @@ def test_evaluate_scores_each_response_once_and_both_orders_agree(colour_scalar)
 
     model = ScalarRewardModel.from_dir(colour_scalar.model_dir, device="cpu")
     pairs = colour_scalar.held_out[:12]
-    records = [{"id": str(k), "label": 1 + k % 2} for k in range(len(pairs))]
+    records = [
+        {"id": str(k), "label": 1 + k % 2, "truth_kind": "clean" if k < 8 else "other"}
+        for k in range(len(pairs))
+    ]
 
     def as_input(record: dict) -> JudgeInput:  # label 2: the chosen response second
         pair = pairs[int(record["id"])]
@@ -125,6 +128,9 @@ def test_evaluate_scores_each_response_once_and_both_orders_agree(colour_scalar)
     assert sum(scored) == 2 * len(pairs)  # each response once, for both orders
     assert summary["accuracy_original"] == summary["accuracy_swapped"] >= 10 / 12
     assert summary["order_consistency"] == 1.0 and summary["position_bias"] == pytest.approx(0.0, abs=0.1)
+    by_kind = summary["accuracy_by_truth_kind"]  # per truth kind, where the records carry one
+    assert set(by_kind) == {"clean", "other"}
+    assert (8 * by_kind["clean"] + 4 * by_kind["other"]) / 12 == pytest.approx(summary["accuracy"])
     for row in rows:
         first, second = row["original"]["output"].split()[1:]
         assert row["swapped"]["output"] == f"scores {second} {first}"

@@ -525,3 +525,12 @@ def section_named(text: str, title: str) -> str:
     start = text.index(f"## {title}")
     end = text.find("\n## ", start + 1)
     return text[start:] if end < 0 else text[start:end]
+
+
+def test_evaluation_sets_with_truth_kinds_get_a_per_kind_table(store: FileStore, tmp_path: Path) -> None:
+    results = copy.deepcopy(RESULTS)
+    results["rl"]["eval"]["accuracy_by_truth_kind"] = {"clean": 0.9, "flipped": 0.2}
+    run_all(store, results=results)
+    text = report_text(store, tmp_path / "report")
+    assert "Accuracy by truth kind" in text
+    assert "| rl | eval | flipped | 20.0% |" in text
