@@ -45,10 +45,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(summary_table(outcomes))
     # The report once the run's last stage is done (evaluate, or score / filter after it).
     if not args.no_report and outcomes and outcomes[-1].stage == run.spec.stages[-1]:
-        from egt.report import write_report
+        from egt.report import stored_report, write_report
 
         report = write_report(store, run, args.workdir / run.name / "report")
-        print(f"\nreport: {report}")
+        print(f"\nreport: {report}\n  stored with the run: {stored_report(store, run)}")
     return 0
 
 
@@ -122,12 +122,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from egt.report import write_report
+    from egt.report import stored_report, write_report
     from egt.storage.store import open_store
 
     run = load_run(args.file)
     store = open_store(run.spec.store.uri, run.spec.store.endpoint_url)
     print(write_report(store, run, args.workdir / run.name / "report"))
+    print(f"  stored with the run: {stored_report(store, run)}")
     return 0
 
 
@@ -357,7 +358,11 @@ def parser() -> argparse.ArgumentParser:
     )
     flt.set_defaults(func=cmd_filter)
 
-    report = sub.add_parser("report", help="Render the Markdown report of a finished run.")
+    report = sub.add_parser(
+        "report",
+        help="Render a run's Markdown report from its store, from anywhere that can read the store: into "
+        "--workdir, and with the run (<store>/<run>/report/).",
+    )
     report.add_argument("file", type=Path)
     report.add_argument("--workdir", type=Path, default=Path(".cache/egt"))
     report.set_defaults(func=cmd_report)

@@ -66,7 +66,22 @@ def stage_main(stage: str, argv: list[str] | None = None) -> int:
         print(f"{stage} failed: {error}", file=sys.stderr)
         return 1
     print(f"{outcome.stage}: {outcome.state}; counts {outcome.manifest.counts}")
+    if part is None and stage == run.spec.stages[-1]:
+        publish_report(run, store, args.workdir)
     return 0
+
+
+def publish_report(run, store, workdir: Path) -> None:
+    """The run's last stage renders its report into the store, where `egt report` and people find it
+    (on a cluster no one else would). A report that fails to render is logged, not a failed stage."""
+    from egt.report import stored_report, write_report
+
+    try:
+        write_report(store, run, workdir / run.name / "report")
+    except Exception:
+        logging.getLogger("jobs").exception("the run's report could not be rendered")
+        return
+    print(f"report: {stored_report(store, run)}")
 
 
 def run_replicas(stage: str, argv: list[str] | None, run, pod: int, replicas: int) -> int:

@@ -923,6 +923,11 @@ SECTIONS: tuple[tuple[Callable[[Context], list[str]], str], ...] = (
 )
 
 
+def stored_report(store: ArtifactStore, run: EGTRun) -> str:
+    """Where the report lives with the run's artifacts: ``<store>/<run>/report/report.md``."""
+    return store.uri_for(f"{run.name}/report/{REPORT_NAME}")
+
+
 def write_report(store: ArtifactStore, run: EGTRun, out_dir: Path) -> Path:
     """Write ``out_dir/report.md`` and its plots, upload them to ``<run>/report``, return the local path.
 

@@ -80,9 +80,13 @@ def test_score_and_filter_apply_the_runs_model_as_stages(
     args = ["--spec", str(spec_file), "--workdir", str(tmp_path / "pods"), "--no-progress"]
 
     assert stage_main("score", args) == 0
-    assert stage_main("filter", args) == 0
-
     store = open_store(run.spec.store.uri)
+    assert not store.exists("small/report/report.md")
+    assert stage_main("filter", args) == 0
+    # The run's last stage renders the report into the store: on a cluster no one else would.
+    assert store.exists("small/report/report.md")
+    assert f"report: {run.spec.store.uri}/small/report/report.md" in capsys.readouterr().out
+
     score, flt = read_manifest(store, "small", "score"), read_manifest(store, "small", "filter")
     assert set(score.inputs) == {"scalar"} and set(flt.inputs) == {"prepare", "scalar"}
     rows = read_records(store, "small/score/scores.jsonl")
