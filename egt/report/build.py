@@ -292,7 +292,12 @@ def summary_section(ctx: Context) -> list[str]:
     pools = {k.removesuffix(suffix): v for k, v in prepare.metrics.items() if k.endswith(suffix)}
     if pools:
         kinds = kinds_in_order([k for counts in pools.values() for k in counts])
-        lines += ["Truth kinds injected by the synthetic data (pairs per pool):", ""]
+        source = (
+            "injected by the synthetic data"
+            if ctx.run.spec.data.synthetic is not None
+            else "from the datasets' truth_kind columns"
+        )
+        lines += [f"Truth kinds {source} (pairs per pool):", ""]
         lines += table(("pool", *kinds), [(p, *(c.get(k, 0) for k in kinds)) for p, c in pools.items()])
     return lines
 
