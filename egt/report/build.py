@@ -550,6 +550,14 @@ def probe_section(ctx: Context) -> list[str]:
         "not plotted.",
         "",
     ]
+    answers = {r.get("probe_prediction") for r in records if r.get("probe_prediction") is not None}
+    if len(answers) == 1 and len(records) - unanswered > 1:
+        [answer] = answers
+        lines += [
+            f"Every answered sample got the same answer ({answer}): the probe's accuracy is the share of "
+            f"labels that say {answer}, not a measure of judgement.",
+            "",
+        ]
     if len(records) > unanswered:
         curate = ctx.manifest("curate")
         same_metric = ctx.run.spec.curate.metric == "answer"

@@ -534,3 +534,34 @@ def test_evaluation_sets_with_truth_kinds_get_a_per_kind_table(store: FileStore,
     text = report_text(store, tmp_path / "report")
     assert "Accuracy by truth kind" in text
     assert "| rl | eval | flipped | 20.0% |" in text
+
+
+def test_a_one_sample_run_renders_and_claims_no_trend(store: FileStore, tmp_path: Path) -> None:
+    """One probed sample, one evaluation pair: the report renders, reads no trend into one bin, and
+    gives the comparison's uncertainty at one pair rather than a bare difference."""
+    records = probed_records(unanswered=0, answered=1)
+    one = {"eval": {"pairs": 1, "accuracy": 1.0, "accuracy_original": 1.0, "accuracy_swapped": 1.0}}
+    zero = {"eval": {"pairs": 1, "accuracy": 0.0, "accuracy_original": 0.0, "accuracy_swapped": 0.0}}
+    run_all(
+        store,
+        records=records,
+        bins=[{"low": 0.05, "high": 0.05, "count": 1, "accuracy": 1.0}],
+        results={"sft": one, "rl": zero},
+    )
+    text = report_text(store, tmp_path / "report")
+    assert "Fewer than two answered bins: no trend to read" in section(text, 4)
+    assert "RL is below SFT by 100.0 points (0.0% vs 100.0%); one binomial standard error at 1 pairs" in text
+
+
+def test_a_probe_that_always_answers_the_same_is_said_to(store: FileStore, tmp_path: Path) -> None:
+    """The demo once answered '2' to all 240 samples: its accuracy then only counts labels."""
+    records = probed_records()
+    for record in records:
+        if record["probe_prediction"] is not None:
+            record["probe_prediction"] = 2
+            record["probe_correct"] = record["label"] == 2
+    run_all(store, records=records)
+    probe = section(report_text(store, tmp_path / "report"), 4)
+    assert "Every answered sample got the same answer (2)" in probe
+    run_all(store)  # answers that differ: no such sentence
+    assert "got the same answer" not in section(report_text(store, tmp_path / "again"), 4)
