@@ -15,10 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from egt.formats.common import MediaRoot
 from egt.spec import DatasetSpec
 from egt.stages.base import StageContext, StageResult
-from egt.stages.data import check_native
 from egt.stages.progress import bar
 from egt.storage.manifest import digest_bytes
 from egt.storage.records import read_records, write_records
@@ -113,7 +111,10 @@ def run(ctx: StageContext) -> StageResult:
 
 
 def prepare_external(ctx: StageContext, result: StageResult) -> None:
+    # Imported here: the operator imports this module for the digests alone (egt.stages.fingerprints).
     from egt.formats import convert
+    from egt.formats.common import MediaRoot
+    from egt.stages.data import check_native
 
     endpoint = ctx.spec.store.endpoint_url
     local = ctx.workdir / "data"

@@ -206,7 +206,8 @@ def test_types_enums_bounds_and_optionals_survive_conversion():
     assert curate["strategy"]["enum"] == ["entropy", "random", "accuracy", "bucket", "all"]
     # `PositiveInt | None = 2500`: nullable, bounded, default kept
     assert curate["keep"] | {"description": ""} == {
-        "type": "integer", "description": "", "minimum": 1, "default": 2500, "nullable": True,
+        "type": "integer", "description": "", "minimum": 1, "maximum": 10_000_000, "default": 2500,
+        "nullable": True,
     }  # fmt: skip
     # gt / lt become OpenAPI v3's flag form
     assert (rl["clip_epsilon"]["minimum"], rl["clip_epsilon"]["exclusiveMinimum"]) == (0, True)

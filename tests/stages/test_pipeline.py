@@ -12,7 +12,6 @@ import yaml
 
 from egt.report import write_report
 from egt.runner import run_local
-from egt.spec import STAGES
 from egt.stages import probe as probe_stage
 from egt.storage.manifest import read_manifest
 from egt.storage.records import read_records
@@ -30,7 +29,7 @@ def test_whole_pipeline_on_s3_then_skips_then_reruns_what_a_change_touches(
 ) -> None:
     run = make_run(small_run_doc, f"{s3_server.uri}/pipeline", s3_server.endpoint_url)
     store, outcomes = run_local(run, tmp_path / "work", progress=False, echo=lambda *_: None)
-    assert states(outcomes) == dict.fromkeys(STAGES, "succeeded")
+    assert states(outcomes) == dict.fromkeys(run.spec.stages, "succeeded")
 
     probed = read_records(store, "small/probe/probed.jsonl")
     assert len(probed) == 12 and all("answer_entropy" in r for r in probed)
@@ -49,7 +48,7 @@ def test_whole_pipeline_on_s3_then_skips_then_reruns_what_a_change_touches(
     assert "Curation" in report.read_text()
 
     _, again = run_local(run, tmp_path / "work", progress=False, echo=lambda *_: None)
-    assert states(again) == dict.fromkeys(STAGES, "skipped")
+    assert states(again) == dict.fromkeys(run.spec.stages, "skipped")
 
     small_run_doc["spec"]["curate"]["keep"] = 5
     changed = make_run(small_run_doc, f"{s3_server.uri}/pipeline", s3_server.endpoint_url)
