@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from egt.spec import STAGES, EGTRun, SpecError, dump_run, load_run, missing_inputs
+from egt.spec import STAGES, EGTRun, SpecError, dump_run, load_run
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -70,24 +70,40 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def local_warnings(run: EGTRun) -> list[str]:
     """What would stop this run here, though the file is valid: API keys unset in this environment
     (on a cluster they come from cluster.teacher_secret)."""
-    warnings = []
+    return [
+        f"spec.{where}.api_key_env: {endpoint.api_key_env} is not set here, so a local run stops at that "
+        "stage; set it, or set api_key_env: null for an endpoint that needs no key"
+        for where, endpoint in run.spec.keyed_endpoints().items()
+        if not os.environ.get(endpoint.api_key_env)
+    ]
+
+
+def missing_inputs(run: EGTRun, check_s3: bool = False) -> list[str]:
+    """The run's input files that are not there: local ones always, S3 ones when asked (one HEAD
+    request each, with this environment's credentials)."""
+    from egt.storage.store import split_uri  # boto3: only for the commands that read a store
+
     spec = run.spec
-    endpoints = {"annotate.teacher": spec.annotate.teacher, "rl.referee": spec.rl.referee}
-    for where, endpoint in endpoints.items():
-        used = (where == "annotate.teacher" and "annotate" in spec.stages) or (
-            where == "rl.referee" and "rl" in spec.stages and spec.rl.enabled
-        )
-        if (
-            used
-            and endpoint.kind == "openai"
-            and endpoint.api_key_env
-            and not os.environ.get(endpoint.api_key_env)
-        ):
-            warnings.append(
-                f"spec.{where}.api_key_env: {endpoint.api_key_env} is not set here, so a local run stops at "
-                f"that stage; set it, or set api_key_env: null for an endpoint that needs no key"
+    named = {
+        (f"data.{name}.uri" if name in ("sft", "rl", "scalar_extra") else f"data.eval.{name}.uri"): d.uri
+        for name, d in spec.data.datasets().items()
+    }
+    named["score.candidates"] = spec.score.candidates
+    missing = []
+    for field, uri in named.items():
+        if uri is None or (uri.startswith("s3://") and not check_s3):
+            continue
+        store, key = split_uri(uri, spec.store.endpoint_url)
+        try:
+            found = store.exists(key)
+        except (OSError, ValueError) as error:
+            missing.append(f"spec.{field}: {uri} cannot be checked: {error}")
+            continue
+        if not found:
+            missing.append(
+                f"spec.{field}: {uri} does not exist (relative paths resolve against the run file's folder)"
             )
-    return warnings
+    return missing
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

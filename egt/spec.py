@@ -883,6 +883,19 @@ class EGTRunSpec(Section):
         )
         return trains + tuple(stage for stage in APPLICATION_STAGES if applied[stage])
 
+    def keyed_endpoints(self) -> dict[str, ChatEndpointSpec]:
+        """The OpenAI-compatible endpoints this run calls that need an API key, by field path: the
+        teacher when it annotates, the referee when it runs RL."""
+        calls = {
+            "annotate.teacher": (self.annotate.teacher, "annotate" in self.stages),
+            "rl.referee": (self.rl.referee, "rl" in self.stages and self.rl.enabled),
+        }
+        return {
+            where: endpoint
+            for where, (endpoint, called) in calls.items()
+            if called and endpoint.kind == "openai" and endpoint.api_key_env
+        }
+
     def model_applied(self, use: RewardModelUseSpec) -> TrainedModel:
         """The model score or filter applies: the one named, else the run's final model."""
         if use.model is not None:
@@ -1031,34 +1044,6 @@ def anchor_paths(run: EGTRun, folder: Path) -> EGTRun:
     spec.score.candidates = _anchored(spec.score.candidates, folder)
     spec.model.path = _anchored(spec.model.path, folder)
     return run
-
-
-def missing_inputs(run: EGTRun, check_s3: bool = False) -> list[str]:
-    """The run's input files that are not there: local ones always, S3 ones when asked (one HEAD
-    request each, with this environment's credentials)."""
-    from egt.storage.store import split_uri
-
-    spec = run.spec
-    named = {
-        (f"data.{name}.uri" if name in ("sft", "rl", "scalar_extra") else f"data.eval.{name}.uri"): d.uri
-        for name, d in spec.data.datasets().items()
-    }
-    named["score.candidates"] = spec.score.candidates
-    missing = []
-    for field, uri in named.items():
-        if uri is None or (uri.startswith("s3://") and not check_s3):
-            continue
-        store, key = split_uri(uri, spec.store.endpoint_url)
-        try:
-            found = store.exists(key)
-        except (OSError, ValueError) as error:
-            missing.append(f"spec.{field}: {uri} cannot be checked: {error}")
-            continue
-        if not found:
-            missing.append(
-                f"spec.{field}: {uri} does not exist (relative paths resolve against the run file's folder)"
-            )
-    return missing
 
 
 def dump_run(run: EGTRun) -> str:

@@ -109,9 +109,8 @@ def check_cluster_run(spec: EGTRunSpec, source: str) -> None:
             "has its own filesystem and would lose its outputs: use s3://bucket/prefix (with "
             "cluster.s3_secret)"
         )
-    endpoints = {"annotate.teacher": spec.annotate.teacher, "rl.referee": spec.rl.referee}
-    for where, endpoint in endpoints.items():
-        if endpoint.kind == "openai" and endpoint.api_key_env and not spec.cluster.teacher_secret:
+    for where, endpoint in spec.keyed_endpoints().items():
+        if not spec.cluster.teacher_secret:
             problems.append(
                 f"spec.{where} calls an OpenAI-compatible endpoint whose key ({endpoint.api_key_env}) "
                 "reaches pods only from a Secret: set spec.cluster.teacher_secret"
