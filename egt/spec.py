@@ -81,11 +81,7 @@ class StoreSpec(Section):
     @field_validator("uri")
     @classmethod
     def _known_scheme(cls, uri: str) -> str:
-        if "://" in uri and not uri.startswith(("file://", "s3://")):
-            raise ValueError(f"store uri {uri!r} must start with file:// or s3://")
-        if uri.startswith("s3://") and not uri[5:].split("/", 1)[0]:
-            raise ValueError(f"store uri {uri!r} has no bucket; expected s3://bucket/prefix")
-        return uri
+        return _path_or_store_uri(uri)
 
 
 class TinyModelSpec(Section):

@@ -246,8 +246,11 @@ def _attempt(stage, run, store, workdir, force, progress, part, body, started, c
     previous = store.read_json(attempt_key) if store.exists(attempt_key) else None
     # The earlier finished result stays until this attempt starts writing its outputs
     # (egt.storage.replacing): a failed attempt must not cost it.
-    standing = read_manifest(store, run.name, unit)
-    standing_bytes = store.read_bytes(manifest_key(run.name, unit)) if standing is not None else None
+    try:
+        standing_bytes = store.read_bytes(manifest_key(run.name, unit))
+    except FileNotFoundError:
+        standing_bytes = None
+    standing = None if standing_bytes is None else Manifest.model_validate_json(standing_bytes)
     earlier = earlier_outputs(standing, run.name, unit)
     kept = {f"{run.name}/{unit}/{LEASE_FILE}", manifest_key(run.name, unit)}
     if main and (force or previous != identity):

@@ -111,12 +111,14 @@ def evaluate_pairs(
         summary[f"well_formed_{order}"] = sum(r[order]["well_formed"] for r in rows) / len(rows)
         answers += [r[order]["prediction"] for r in rows]
     summary["accuracy"] = sum(summary[f"accuracy_{o}"] for o in orders) / len(orders)
-    kinds = sorted({r["truth_kind"] for r in rows if r.get("truth_kind") is not None})
-    if kinds:  # accuracy per truth kind, over the scored orders (against the set's labels)
+    by_kind: dict[str, list[dict]] = {}
+    for row in rows:
+        if row.get("truth_kind") is not None:
+            by_kind.setdefault(row["truth_kind"], []).append(row)
+    if by_kind:  # accuracy per truth kind, over the scored orders (against the set's labels)
         summary["accuracy_by_truth_kind"] = {
-            kind: sum(r[o]["correct"] for r in rows if r.get("truth_kind") == kind for o in orders)
-            / (len(orders) * sum(r.get("truth_kind") == kind for r in rows))
-            for kind in kinds
+            kind: sum(r[o]["correct"] for r in of_kind for o in orders) / (len(of_kind) * len(orders))
+            for kind, of_kind in sorted(by_kind.items())
         }
     answered = [a for a in answers if a is not None]
     summary["answered_ratio"] = len(answered) / len(answers)

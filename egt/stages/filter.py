@@ -8,20 +8,17 @@ random flagger of the same size.
 
 from __future__ import annotations
 
-from egt.engines.best_of_n import load_reward_model
 from egt.engines.filtering import filter_records
 from egt.stages.base import StageContext, StageResult
-from egt.stages.data import ImageLoader, load_pool, model_dir
+from egt.stages.data import ImageLoader, load_pool
+from egt.stages.score import applied_model
 from egt.storage.records import write_records
 
 
 def run(ctx: StageContext) -> StageResult:
     spec = ctx.spec.filter
-    model_name = ctx.spec.model_applied(spec)
     records = load_pool(ctx, spec.pool)
-    model, scalar = load_reward_model(
-        model_dir(ctx, model_name), spec.engine, ctx.spec.model.dtype, ctx.spec.model.device
-    )
+    model_name, model, scalar = applied_model(ctx, spec)
     kept, flagged, summary = filter_records(
         model,
         scalar,

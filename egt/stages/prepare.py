@@ -9,7 +9,6 @@ re-runs every stage that depends on it.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -51,17 +50,6 @@ def model_digest(path: str, endpoint_url: str | None) -> str:
     listing = "\n".join(files).encode()
     config = store.read_bytes("config.json") if "config.json" in files else b""
     return digest_bytes(listing + config)
-
-
-def truth_kinds(records_file: Path) -> dict[str, int]:
-    """Pairs per ``truth_kind`` of a prepared records file; empty when it has no such column."""
-    kinds: Counter[str] = Counter()
-    with records_file.open(encoding="utf-8") as lines:
-        for line in lines:
-            kind = json.loads(line).get("truth_kind") if line.strip() else None
-            if kind is not None:
-                kinds[str(kind)] += 1
-    return dict(kinds)
 
 
 def build_synthetic(ctx: StageContext) -> tuple[dict[str, str], dict[str, int], dict[str, Any]]:
@@ -132,6 +120,11 @@ def prepare_external(ctx: StageContext, result: StageResult) -> None:
             write_records(open_store(str(local)), f"{name}.jsonl", records)
             result.outputs[name] = f"data/{name}.jsonl"
             pairs = len(records)
+            # Diagnostics columns of one's own data, counted as for synthetic data (published
+            # formats carry none).
+            kinds = Counter(str(r["truth_kind"]) for r in records if r.get("truth_kind") is not None)
+            if kinds:
+                result.metrics[f"{name}_truth_kinds"] = dict(kinds)
         else:
             with bar(None, f"prepare {name} ({dataset.format})", ctx.progress, unit="row") as progress:
                 converted = convert(
@@ -141,9 +134,6 @@ def prepare_external(ctx: StageContext, result: StageResult) -> None:
             about.update(converted.summary())
             pairs = converted.pairs
         result.counts[f"{name}_pairs"] = pairs
-        kinds = truth_kinds(local / f"{name}.jsonl") if name in result.outputs else {}
-        if kinds:  # the dataset carries diagnostics columns, as synthetic data does
-            result.metrics[f"{name}_truth_kinds"] = kinds
         datasets[name] = about
     if result.outputs:
         ctx.store.upload_dir(local, ctx.key("data"))

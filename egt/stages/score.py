@@ -10,9 +10,11 @@ prompt: the candidates' scores, the best one and the model calls it took.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from egt.engines.best_of_n import load_reward_model, parse_prompts, score_prompts, summarize
 from egt.formats.common import MediaRoot
+from egt.spec import RewardModelUseSpec
 from egt.stages.base import StageContext, StageResult
 from egt.stages.data import ImageLoader, model_dir
 from egt.stages.progress import bar
@@ -20,16 +22,22 @@ from egt.storage.records import read_records, write_records
 from egt.storage.store import split_uri
 
 
+def applied_model(ctx: StageContext, use: RewardModelUseSpec) -> tuple[str, Any, bool]:
+    """(name, model, is_scalar): the run's model that score or filter applies, on its engine."""
+    name = ctx.spec.model_applied(use)
+    model, scalar = load_reward_model(
+        model_dir(ctx, name), use.engine, ctx.spec.model.dtype, ctx.spec.model.device
+    )
+    return name, model, scalar
+
+
 def run(ctx: StageContext) -> StageResult:
     spec, endpoint = ctx.spec.score, ctx.spec.store.endpoint_url
-    model_name = ctx.spec.model_applied(spec)
     source, key = split_uri(spec.candidates, endpoint)
     folder = source.uri_for("")
     prompts = parse_prompts(read_records(source, key), spec.candidates, folder, MediaRoot(folder, endpoint))
     started = time.perf_counter()
-    model, scalar = load_reward_model(
-        model_dir(ctx, model_name), spec.engine, ctx.spec.model.dtype, ctx.spec.model.device
-    )
+    model_name, model, scalar = applied_model(ctx, spec)
     with bar(len(prompts), f"score ({model_name})", ctx.progress, unit="prompt") as progress:
         rows = []
         for row in score_prompts(

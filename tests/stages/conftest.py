@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from egt.spec import EGTRun, parse_run
 
@@ -56,6 +62,18 @@ def make_run(doc: dict, store_uri: str, endpoint_url: str | None = None) -> EGTR
     doc = copy.deepcopy(doc)
     doc["spec"]["store"] = {"uri": store_uri, "endpoint_url": endpoint_url}
     return parse_run(doc, "test")
+
+
+def start_stage_pod(stage: str, run: EGTRun, tmp_path: Path, **popen: Any) -> subprocess.Popen:
+    """``python -m jobs.<stage>`` on the run's resolved spec, as a stage pod runs it (output
+    discarded): what a fault test kills."""
+    spec_file = tmp_path / "run.yaml"
+    spec_file.write_text(yaml.safe_dump(run.model_dump(mode="json")))
+    command = [sys.executable, "-m", f"jobs.{stage}", "--spec", str(spec_file),
+               "--workdir", str(tmp_path / "pod"), "--no-progress"]  # fmt: skip
+    return subprocess.Popen(
+        command, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen
+    )
 
 
 @pytest.fixture

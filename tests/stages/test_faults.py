@@ -5,6 +5,7 @@ with their tests."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from egt.stages import probe as probe_stage
 from egt.storage.manifest import read_manifest
 from egt.storage.records import read_records
 from egt.storage.store import open_store
-from tests.stages.conftest import make_run
+from tests.stages.conftest import make_run, start_stage_pod
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +55,46 @@ def test_a_probe_resumed_with_another_shard_size_probes_every_sample(
     assert calls[2:] == [8, 4]  # the old 4-sample shard 0 was not taken for the new 8-sample one
 
 
+@dataclass
+class TeacherGoingDown:
+    """The offline teacher server behind a key, which goes away after annotate's first shard."""
+
+    key: str
+    base_url: str
+    port: int
+    asked: list[list[str]]  # the record ids of each annotate call
+
+    def back(self):
+        """The server again, on the same address (the run's config is unchanged)."""
+        from egt.teachers.server import serve
+
+        return serve(port=self.port, api_key=self.key)[0]
+
+
+def teacher_down_after_first_shard(doc: dict, monkeypatch, key: str = "local") -> TeacherGoingDown:
+    from egt.stages import annotate as annotate_stage
+    from egt.teachers.server import serve
+
+    monkeypatch.setenv("EGT_TEST_TEACHER_KEY", key)
+    server, _ = serve(api_key=key)
+    doc["spec"]["annotate"]["teacher"] = {
+        "kind": "openai", "base_url": server.base_url, "model": "scripted",
+        "api_key_env": "EGT_TEST_TEACHER_KEY", "max_retries": 0, "timeout_seconds": 5,
+    }  # fmt: skip
+    teacher = TeacherGoingDown(key, server.base_url, server.server_address[1], [])
+    real = annotate_stage.annotate
+
+    def outage_after_first_shard(records, *args):
+        teacher.asked.append([r["id"] for r in records])
+        out = real(records, *args)
+        if len(teacher.asked) == 1:
+            server.close()  # the endpoint goes away
+        return out
+
+    monkeypatch.setattr(annotate_stage, "annotate", outage_after_first_shard)
+    return teacher
+
+
 def test_a_teacher_outage_fails_annotate_keeping_the_answers_and_a_rerun_asks_only_the_rest(
     small_run_doc, tmp_path: Path, monkeypatch
 ) -> None:
@@ -61,42 +102,25 @@ def test_a_teacher_outage_fails_annotate_keeping_the_answers_and_a_rerun_asks_on
     stage fails naming the endpoint and the error, no manifest is written, the 8 answered pairs are
     kept, and the rerun (teacher back) asks for exactly the other 8."""
     from egt.stages import annotate as annotate_stage
-    from egt.teachers.server import serve
 
-    monkeypatch.setenv("EGT_TEST_TEACHER_KEY", "local")
-    server, _ = serve()
-    port = server.server_address[1]
-    small_run_doc["spec"]["annotate"]["teacher"] = {
-        "kind": "openai", "base_url": server.base_url, "model": "scripted",
-        "api_key_env": "EGT_TEST_TEACHER_KEY", "max_retries": 0, "timeout_seconds": 5,
-    }  # fmt: skip
+    teacher = teacher_down_after_first_shard(small_run_doc, monkeypatch)
     run = make_run(small_run_doc, str(tmp_path / "store"))
-    real, asked = annotate_stage.annotate, []
-
-    def outage_after_first_shard(records, *args):
-        asked.append([r["id"] for r in records])
-        out = real(records, *args)
-        if len(asked) == 1:
-            server.close()  # the endpoint goes away
-        return out
-
-    monkeypatch.setattr(annotate_stage, "annotate", outage_after_first_shard)
     with pytest.raises(annotate_stage.TeacherUnavailableError) as failed:
         quiet(run, tmp_path / "work", stop="annotate")
     message = str(failed.value)
-    assert f"the teacher at {server.base_url} (scripted) failed for good on 8 of 16 pairs" in message
+    assert f"the teacher at {teacher.base_url} (scripted) failed for good on 8 of 16 pairs" in message
     assert "the 8 answered pairs are kept" in message and "record 'sft-000008'" in message
     store = open_store(str(tmp_path / "store"))
     assert read_manifest(store, "small", "annotate") is None  # not recorded as finished
 
-    back, _ = serve(port=port)
+    back = teacher.back()
     try:
-        asked.clear()
+        teacher.asked.clear()
         _, outcomes = quiet(run, tmp_path / "work", stop="annotate")
     finally:
         back.close()
     assert [o.state for o in outcomes] == ["skipped", "succeeded"]
-    assert asked == [[f"sft-{k:06d}" for k in range(8, 16)]]  # only the pairs that failed
+    assert teacher.asked == [[f"sft-{k:06d}" for k in range(8, 16)]]  # only the pairs that failed
     manifest = read_manifest(store, "small", "annotate")
     assert manifest.counts["teacher_errors"] == 0 and manifest.unfinished == 0
     assert manifest.counts["pairs"] == 16
@@ -108,46 +132,28 @@ def test_within_the_error_budget_annotate_finishes_and_the_next_run_retries_the_
     """Row 2, with annotate.teacher_error_budget: the stage finishes without the failed pairs; a
     rerun with the teacher still down changes nothing (SFT, named by annotate's manifest, does not
     run again); a rerun with it back asks for exactly them."""
-    from egt.stages import annotate as annotate_stage
-    from egt.teachers.server import serve
-
-    monkeypatch.setenv("EGT_TEST_TEACHER_KEY", "local")
-    server, _ = serve()
-    port = server.server_address[1]
+    teacher = teacher_down_after_first_shard(small_run_doc, monkeypatch)
     small_run_doc["spec"]["annotate"]["teacher_error_budget"] = 0.5
-    small_run_doc["spec"]["annotate"]["teacher"] = {
-        "kind": "openai", "base_url": server.base_url, "model": "scripted",
-        "api_key_env": "EGT_TEST_TEACHER_KEY", "max_retries": 0, "timeout_seconds": 5,
-    }  # fmt: skip
     run = make_run(small_run_doc, str(tmp_path / "store"))
-    real, asked = annotate_stage.annotate, []
-
-    def outage_after_first_shard(records, *args):
-        asked.append([r["id"] for r in records])
-        out = real(records, *args)
-        if len(asked) == 1:
-            server.close()
-        return out
-
-    monkeypatch.setattr(annotate_stage, "annotate", outage_after_first_shard)
     quiet(run, tmp_path / "work", stop="annotate")
     store = open_store(str(tmp_path / "store"))
     first = store.read_bytes("small/annotate/manifest.json")
     manifest = read_manifest(store, "small", "annotate")
     assert manifest.unfinished == 8 and manifest.counts["teacher_errors"] == 8
 
-    asked.clear()
+    teacher.asked.clear()
     _, still_down = quiet(run, tmp_path / "work", stop="annotate")
-    assert asked == [[f"sft-{k:06d}" for k in range(8, 16)]] and still_down[-1].state == "succeeded"
+    failed = [[f"sft-{k:06d}" for k in range(8, 16)]]
+    assert teacher.asked == failed and still_down[-1].state == "succeeded"
     assert store.read_bytes("small/annotate/manifest.json") == first  # nothing changed: kept as it was
 
-    back, _ = serve(port=port)
+    back = teacher.back()
     try:
-        asked.clear()
+        teacher.asked.clear()
         quiet(run, tmp_path / "work", stop="annotate")
     finally:
         back.close()
-    assert asked == [[f"sft-{k:06d}" for k in range(8, 16)]]
+    assert teacher.asked == failed
     assert read_manifest(store, "small", "annotate").unfinished == 0
     _, done = quiet(run, tmp_path / "work", stop="annotate")
     assert [o.state for o in done] == ["skipped", "skipped"]
@@ -280,7 +286,7 @@ def test_replacing_an_image_reruns_what_depends_on_the_dataset(small_run_doc, tm
         ("sft", "max_grad_norm", float("nan"), "spec.sft.max_grad_norm: Input should be a finite number"),
         ("sft", "epochs", float("inf"), "spec.sft.epochs: Input should be a finite number"),
         ("curate", "keep", 10**12, "spec.curate.keep: Input should be less than or equal to 10000000"),
-        ("store", "uri", "s3:///runs", "store uri 's3:///runs' has no bucket"),
+        ("store", "uri", "s3:///runs", "spec.store.uri: Value error, 's3:///runs' has no bucket"),
     ],
 )
 def test_the_spec_refuses_non_finite_and_absurd_numbers(small_run_doc, section, field, value, expected):
@@ -396,12 +402,7 @@ def test_a_probe_killed_with_sigkill_resumes_to_the_same_output(
     """Holds already, pinned: a probe pod killed (SIGKILL) after a shard; the rerun keeps the
     finished shards, takes over the dead runner's lease once it expires, and writes exactly what an
     uninterrupted probe writes."""
-    import os
     import signal
-    import subprocess
-    import sys
-
-    import yaml
 
     small_run_doc["spec"]["data"]["synthetic"]["rl_size"] = 24
     small_run_doc["spec"]["probe"]["shard_size"] = 2
@@ -413,14 +414,8 @@ def test_a_probe_killed_with_sigkill_resumes_to_the_same_output(
 
     run = make_run(small_run_doc, str(tmp_path / "store"))
     quiet(run, tmp_path / "work", stop="sft")
-    spec_file = tmp_path / "run.yaml"
-    spec_file.write_text(yaml.safe_dump(run.model_dump(mode="json")))
     monkeypatch.setenv("EGT_LEASE_SECONDS", "2")
-    pod = subprocess.Popen(
-        [sys.executable, "-m", "jobs.probe", "--spec", str(spec_file), "--workdir", str(tmp_path / "pod"),
-         "--no-progress"],
-        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    pod = start_stage_pod("probe", run, tmp_path)
     first_shard = tmp_path / "store" / "small" / "probe" / "shards" / "shard-00000.jsonl"
     deadline = time.monotonic() + 300
     while not first_shard.exists() and pod.poll() is None and time.monotonic() < deadline:
@@ -499,34 +494,17 @@ def test_no_secret_reaches_a_log_an_artifact_a_manifest_or_a_metric(
     import uuid
 
     from egt.stages import annotate as annotate_stage
-    from egt.teachers.server import serve
     from tests.fixtures.s3 import SECRET_KEY
 
     teacher_key = f"sk-{uuid.uuid4().hex}"
-    monkeypatch.setenv("EGT_TEST_TEACHER_KEY", teacher_key)
     monkeypatch.setenv("EGT_CACHE_DIR", str(tmp_path / "cache"))
-    server, _ = serve(api_key=teacher_key)
-    port = server.server_address[1]
-    small_run_doc["spec"]["annotate"]["teacher"] = {
-        "kind": "openai", "base_url": server.base_url, "model": "scripted",
-        "api_key_env": "EGT_TEST_TEACHER_KEY", "max_retries": 0, "timeout_seconds": 5,
-    }  # fmt: skip
+    teacher = teacher_down_after_first_shard(small_run_doc, monkeypatch, key=teacher_key)
     small_run_doc["spec"]["metrics"] = {"pushgateway": pushgateway}
     run = make_run(small_run_doc, f"{s3_server.uri}/{uuid.uuid4().hex}", s3_server.endpoint_url)
-    real, asked = annotate_stage.annotate, []
-
-    def outage_after_first_shard(records, *args):
-        asked.append(1)
-        out = real(records, *args)
-        if len(asked) == 1:
-            server.close()
-        return out
-
-    monkeypatch.setattr(annotate_stage, "annotate", outage_after_first_shard)
     with caplog.at_level(logging.DEBUG):
         with pytest.raises(annotate_stage.TeacherUnavailableError):
             quiet(run, tmp_path / "work", stop="sft")
-        back, _ = serve(port=port, api_key=teacher_key)
+        back = teacher.back()
         try:
             quiet(run, tmp_path / "work", stop="sft")
         finally:

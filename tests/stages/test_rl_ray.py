@@ -13,7 +13,7 @@ from egt.stages import rl as rl_stage
 from egt.stages.base import StageContext
 from egt.storage.records import read_records
 from egt.storage.store import open_store
-from tests.stages.conftest import make_run
+from tests.stages.conftest import make_run, start_stage_pod
 
 pytestmark = pytest.mark.slow
 
@@ -105,11 +105,7 @@ def test_an_rl_driver_killed_with_sigkill_resumes_to_the_same_history(
     import json
     import os
     import signal
-    import subprocess
-    import sys
     import time
-
-    import yaml
 
     uninterrupted = make_run(rl_doc, str(tmp_path / "a"))
     run_local(uninterrupted, tmp_path / "work-a", progress=False, echo=quiet, stop="rl")
@@ -117,14 +113,8 @@ def test_an_rl_driver_killed_with_sigkill_resumes_to_the_same_history(
 
     run = make_run(rl_doc, str(tmp_path / "b"))
     run_local(run, tmp_path / "work-b", stop="curate", progress=False, echo=quiet)
-    spec_file = tmp_path / "run.yaml"
-    spec_file.write_text(yaml.safe_dump(run.model_dump(mode="json")))
     monkeypatch.setenv("EGT_LEASE_SECONDS", "3")
-    pod = subprocess.Popen(
-        [sys.executable, "-m", "jobs.rl", "--spec", str(spec_file), "--workdir", str(tmp_path / "pod"),
-         "--no-progress"],
-        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    pod = start_stage_pod("rl", run, tmp_path, start_new_session=True)  # its Ray cluster in its session
     latest = tmp_path / "b" / "small" / "rl" / "checkpoints" / "latest.json"
     deadline = time.monotonic() + 600
     try:
