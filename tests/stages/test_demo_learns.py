@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from egt.report.effect import auroc
+from egt.report.effect import clean_accuracy, separation
 from egt.runner import run_local
 from egt.spec import parse_run
 from egt.storage.records import read_records
@@ -60,11 +60,11 @@ def test_the_demo_model_learns_the_task(tmp_path: Path) -> None:
     hits = sum(s == c for s, c in zip(seen, right, strict=True))
     assert hits >= 0.75 * len(clean), f"the image colour was right on {hits} of {len(clean)} clean pairs"
 
-    judged = sum(r["probe_prediction"] == r["label"] for r in clean)
-    assert judged >= 0.75 * len(clean), f"the judgement was right on {judged} of {len(clean)} clean pairs"
+    judged = clean_accuracy(probed)
+    assert judged >= 0.75, f"the judgement was right on {judged:.1%} of clean pairs"
 
     ambiguous = [r for r in probed if r["truth_kind"] == "ambiguous"]
     ties = sum("The image is half each." in r["probe_output"] for r in ambiguous)
     assert ties >= 0.6 * len(ambiguous), f"the tie was stated on {ties} of {len(ambiguous)} ambiguous pairs"
-    separation = auroc([r["answer_entropy"] for r in ambiguous], [r["answer_entropy"] for r in clean])
-    assert separation is not None and separation >= 0.75, f"answer-entropy AUROC {separation}"
+    auroc = separation(probed, "answer_entropy")
+    assert auroc >= 0.75, f"answer-entropy AUROC {auroc:.3f}"
