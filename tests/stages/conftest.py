@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from egt.spec import EGTRun, parse_run
+from egt.spec import EGTRun, dump_run, parse_run
 
 SMALL_RUN = {
     "apiVersion": "egt.dev/v1alpha1",
@@ -68,7 +67,7 @@ def start_stage_pod(stage: str, run: EGTRun, tmp_path: Path, **popen: Any) -> su
     """``python -m jobs.<stage>`` on the run's resolved spec, as a stage pod runs it (output
     discarded): what a fault test kills."""
     spec_file = tmp_path / "run.yaml"
-    spec_file.write_text(yaml.safe_dump(run.model_dump(mode="json")))
+    spec_file.write_text(dump_run(run))
     command = [sys.executable, "-m", f"jobs.{stage}", "--spec", str(spec_file),
                "--workdir", str(tmp_path / "pod"), "--no-progress"]  # fmt: skip
     return subprocess.Popen(
